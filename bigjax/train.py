@@ -1,0 +1,380 @@
+"""The trainer: one linear loop for every model family.
+
+Sections, top to bottom: setup (validate, workdir), mesh, data, model and optimizer (state by
+shape), restore (this workdir → init_from → scratch), step functions, loop (log, eval, samples,
+checkpoint). A family is a linen module plus an objective that turns a batch into `inputs`,
+`targets` and `weights`; nothing here depends on which family it trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from etils import epath
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bigjax import checkpoint as ckpt_lib
+from bigjax import config as config_lib
+from bigjax import decode
+from bigjax import models
+from bigjax import optim
+from bigjax import partitioning
+from bigjax.config import ConfigError
+from bigjax.data import pipeline
+
+# Settings that fix what a workdir holds: a resumed run must not change them.
+_PINNED = ("model", "data.tokenizer", "data.source", "data.seq_len", "data.batch_size", "train.seed")
+_PROMPT_LEN = 16
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- setup
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flat(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> dict | None:
+  """Refuses a workdir whose run has another shape. Returns its saved config, if any."""
+  path = workdir / "config.json"
+  if not path.exists():
+    return None
+  try:
+    old = json.loads(path.read_text())
+  except (json.JSONDecodeError, OSError) as e:
+    raise ConfigError(f"--workdir={workdir}: config.json is unreadable ({e}); use a new workdir") from None
+  new_flat, old_flat = _flat(json.loads(config.to_json_best_effort())), _flat(old)
+  for key in sorted(set(new_flat) | set(old_flat)):
+    if any(key == p or key.startswith(p + ".") for p in _PINNED):
+      if new_flat.get(key) != old_flat.get(key):
+        raise ConfigError(
+            f"--workdir={workdir} holds a run with {key}={old_flat.get(key)!r}, but this config has "
+            f"{key}={new_flat.get(key)!r}; use a new --workdir (or start from it with train.init_from)")
+  return old
+
+
+def write_json_atomic(path: epath.Path, obj) -> None:
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+class MetricsWriter:
+  """metrics.jsonl (one JSON object a line) and TensorBoard events; only process 0 writes."""
+
+  def __init__(self, workdir: epath.Path):
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._tf = tf
+      self._file = (workdir / "metrics.jsonl").open("a")
+      self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+  def write(self, step: int, split: str, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+    self._file.flush()
+    with self._tb.as_default(step=step):
+      for k, v in values.items():
+        self._tf.summary.scalar(f"{split}/{k}", v)
+    self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ---------------------------------------------------------------------------------- steps
+
+def weighted_xent(logits, targets, weights):
+  """Sum of token cross-entropies (nats) and of weights."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def model_inputs(batch) -> dict[str, Any]:
+  """The model's call arguments in a batch (everything an objective made beyond targets/weights)."""
+  return {k: v for k, v in batch.items() if k not in ("targets", "weights", "inputs")}
+
+
+def make_train_step(module, tx, schedule, seed: int):
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+
+    def loss_fn(params):
+      logits = module.apply({"params": params}, batch["inputs"], **model_inputs(batch),
+                            deterministic=False, rngs={"dropout": rng})
+      total, count = weighted_xent(logits, batch["targets"], batch["weights"])
+      return total / jnp.maximum(count, 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(module):
+  def eval_step(params, batch):
+    logits = module.apply({"params": params}, batch["inputs"], **model_inputs(batch), deterministic=True)
+    return weighted_xent(logits, batch["targets"], batch["weights"])
+  return eval_step
+
+
+# ----------------------------------------------------------------------------------------- run
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains to `config.train.steps`, resuming from the workdir if it holds a run. Returns last metrics."""
+  # Setup: everything that can be wrong with the config is found before anything is written.
+  mcfg = config_lib.validate(config)
+  workdir = epath.Path(workdir)
+  old_config = check_workdir(workdir, config) if workdir.exists() else None
+  pc, pi = jax.process_count(), jax.process_index()
+
+  # Mesh.
+  mesh = partitioning.make_mesh(config.mesh.shape, config.mesh.num_devices)
+  partitioning.check_batch(config.data.batch_size, mesh, pc)
+  rules = partitioning.RULES
+
+  # Data.
+  data = pipeline.build(config, pi, pc)
+  tok = data.tokenizer
+
+  # Model and optimizer, state by shape first.
+  module = models.build(mcfg)
+  tx = optim.make(config)
+  schedule = optim.schedule(config)
+  seq_len = config.data.seq_len
+
+  def init_state(rng):
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    params = module.init(rng, ids)["params"]
+    return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
+
+  with partitioning.activate(mesh, rules):
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    state_sh = partitioning.logical_shardings(abstract, mesh, rules)
+    partitioning.check_divisible(abstract, state_sh)
+    abstract = partitioning.unbox(abstract)
+    n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract.params))
+
+  # Restore: this workdir's latest checkpoint, else init_from, else scratch.
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = ckpt_lib.Checkpointer(str(workdir), keep=config.train.keep_checkpoints)
+  latest = ckpt.latest_step()
+  if latest is None and old_config is not None and (workdir / "checkpoints").exists():
+    log(f"note: {workdir} has a config.json but no complete checkpoint; starting from scratch")
+  resolved = json.loads(config.to_json_best_effort())
+  if pi == 0:
+    write_json_atomic(workdir / "config.json", resolved)
+
+  target = ckpt_lib.abstract_with_shardings(abstract, state_sh)
+  with partitioning.activate(mesh, rules):
+    if latest is not None:
+      state, _ = ckpt.restore(latest, target)
+      source = f"this workdir's checkpoint at step {latest}"
+    else:
+      init = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_sh)
+      state = init(jax.random.PRNGKey(config.train.seed))
+      source = "scratch"
+      if config.train.init_from:
+        state = state.replace(params=load_params(config.train.init_from, abstract.params, state_sh.params))
+        source = f"init_from {config.train.init_from} (params only, fresh optimizer)"
+  start = int(state.step)
+  log(f"bigjax: {mcfg.family} with {n_params:,} params; mesh {dict(mesh.shape)} on {jax.device_count()} "
+      f"{jax.devices()[0].platform} device(s), {pc} process(es)")
+  log(f"bigjax: data {config.data.source} ({len(data.train_tokens):,} train tokens, tokenizer {tok.name} "
+      f"with {tok.vocab_size} ids); batch {config.data.batch_size} x {seq_len}")
+  log(f"bigjax: state from {source}; training steps {start} → {config.train.steps} in {workdir}")
+
+  # Step functions, compiled ahead of time.
+  batch_sh = partitioning.batch_sharding(mesh)
+  repl = partitioning.replicated(mesh)
+  with partitioning.activate(mesh, rules):
+    t0 = time.time()
+    step_fn = jax.jit(make_train_step(module, tx, schedule, config.train.seed),
+                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+    eval_fn = jax.jit(make_eval_step(module), in_shardings=(state_sh.params, batch_sh), out_shardings=repl)
+    example = partitioning.global_batch(data.train.batch(start), mesh)
+    step_fn = step_fn.lower(state, example).compile()
+    eval_fn = eval_fn.lower(state.params, partitioning.global_batch(data.eval[0], mesh)).compile()
+    log(f"bigjax: compiled train and eval steps in {time.time() - t0:.1f}s")
+
+  # Eval constants: unigram floor and bytes per eval set (on the global eval batches).
+  unigram = pipeline.unigram_log_probs(data.train_tokens, tok.vocab_size)
+  ref = pipeline.eval_reference(
+      pipeline.eval_batches(data.eval_windows, global_batch=config.data.batch_size,
+                            num_batches=config.data.eval_batches), unigram, tok.byte_lengths())
+
+  writer = MetricsWriter(workdir)
+  tokens_per_step = config.data.batch_size * seq_len
+
+  def evaluate(step: int) -> dict[str, float]:
+    with partitioning.activate(mesh, rules):
+      tot = cnt = 0.0
+      for b in data.eval:
+        s, c = eval_fn(state.params, partitioning.global_batch(b, mesh))
+        tot += float(s)
+        cnt += float(c)
+    loss = tot / cnt
+    m = {"loss": loss, "unigram_loss": ref["unigram_nats"] / ref["tokens"],
+         "bits_per_byte": tot / math.log(2) / max(ref["bytes"], 1.0), "perplexity": math.exp(min(loss, 80.0))}
+    writer.write(step, "eval", m)
+    log(f"eval  step {step}: loss {m['loss']:.4f} (unigram {m['unigram_loss']:.4f}, ratio "
+        f"{m['loss'] / m['unigram_loss']:.3f}) bits/byte {m['bits_per_byte']:.4f} ppl {m['perplexity']:.2f}")
+    write_samples(step)
+    return m
+
+  def write_samples(step: int) -> None:
+    n = min(config.train.num_samples, len(data.eval[0]["inputs"]))
+    sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
+    if n <= 0 or sample_len <= 0:
+      return
+    prompts = np.asarray(data.eval_windows.gather(np.arange(n) % data.eval_windows.count)[:, :_PROMPT_LEN])
+    buf = np.full((n, _PROMPT_LEN + sample_len), tok.pad_id, np.int32)
+    buf[:, :_PROMPT_LEN] = prompts
+    with partitioning.activate(mesh, rules):
+      out = _sampler(module, config.train.sample_temperature, config.train.sample_top_k,
+                     tok.eos_id, tok.pad_id)(state.params, jnp.asarray(buf), jax.random.PRNGKey(step))
+    out = np.asarray(out)
+    if pi == 0:
+      with (workdir / "samples.txt").open("a") as f:
+        f.write(f"=== step {step} (temperature {config.train.sample_temperature}, "
+                f"top_k {config.train.sample_top_k}) ===\n")
+        for row in out:
+          f.write(f"[prompt] {tok.decode(row[:_PROMPT_LEN].tolist())}\n")
+          f.write(f"[sample] {tok.decode(row[_PROMPT_LEN:].tolist())}\n\n")
+
+  # Loop.
+  last_eval: dict[str, float] = {}
+  last_train: dict[str, float] = {}
+  steps = config.train.steps
+  window_t, window_steps, run_t0 = time.time(), 0, time.time()
+  it = data.train.iterate(start)
+  last_finite = None
+  step = start
+  for step in range(start + 1, steps + 1):
+    with partitioning.activate(mesh, rules):
+      state, metrics = step_fn(state, partitioning.global_batch(next(it), mesh))
+    window_steps += 1
+    if step % config.train.log_every == 0 or step == steps:
+      metrics = jax.device_get(metrics)
+      loss = float(metrics["loss"])
+      if not math.isfinite(loss):
+        ckpt.wait()
+        raise FloatingPointError(f"non-finite loss {loss} at step {step} (in steps {step - window_steps + 1}"
+                                 f"..{step}); last finite logged loss: {last_finite}. Lower "
+                                 "optim.learning_rate or raise optim.warmup_steps")
+      last_finite = loss
+      dt = time.time() - window_t
+      tps = tokens_per_step * window_steps / dt
+      last_train = {"loss": loss, "learning_rate": float(metrics["learning_rate"]),
+                    "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tps}
+      writer.write(step, "train", last_train)
+      eta = (steps - step) * dt / window_steps
+      log(f"train step {step}/{steps}: loss {loss:.4f} lr {last_train['learning_rate']:.2e} grad_norm "
+          f"{last_train['grad_norm']:.3f} | {tps:,.0f} tok/s {1000 * dt / window_steps:.0f} ms/step | "
+          f"elapsed {_fmt_time(time.time() - run_t0)} left {_fmt_time(eta)}")
+      window_t, window_steps = time.time(), 0
+    if step % config.train.eval_every == 0 or step == steps:
+      last_eval = evaluate(step)
+      window_t, window_steps = time.time(), 0  # Eval time is not training throughput.
+    if step % config.train.checkpoint_every == 0 or step == steps:
+      ckpt.save(step, state, {"step": step, "config": resolved,
+                              "data": {"seed": config.train.seed, "examples_consumed": step * config.data.batch_size}})
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  if step == start:
+    log(f"bigjax: already at step {start} (train.steps={steps}); nothing to do. Raise --config.train.steps "
+        "to train on.")
+  return {**{f"train_{k}": v for k, v in last_train.items()}, **{f"eval_{k}": v for k, v in last_eval.items()}}
+
+
+def _sampler(module, temperature, top_k, eos_id, pad_id):
+  key = (id(module), temperature, top_k, eos_id, pad_id)
+  if key not in _SAMPLERS:
+    def run(params, buf, rng):
+      fn = lambda tokens: module.apply({"params": params}, tokens)
+      lengths = jnp.full((buf.shape[0],), _PROMPT_LEN)
+      return decode.sample(fn, buf, lengths, rng, eos_id=eos_id, pad_id=pad_id,
+                           temperature=temperature, top_k=top_k, start=_PROMPT_LEN)
+    _SAMPLERS[key] = jax.jit(run)
+  return _SAMPLERS[key]
+
+
+_SAMPLERS: dict = {}
+
+
+def load_params(init_from: str, abstract_params, shardings):
+  """Params of the latest checkpoint in another workdir, checked against this model's shapes."""
+  src = epath.Path(init_from)
+  if not (src / "config.json").exists():
+    raise ConfigError(f"train.init_from={init_from!r}: not a bigjax workdir (no config.json)")
+  other = ml_collections.ConfigDict(json.loads((src / "config.json").read_text()))
+  other_ckpt = ckpt_lib.Checkpointer(str(src))
+  step = other_ckpt.latest_step()
+  if step is None:
+    raise ConfigError(f"train.init_from={init_from!r}: the workdir has no complete checkpoint")
+  other_module = models.build(config_lib.model_config(other))
+  other_tx = optim.make(other)
+
+  def other_init(rng):
+    params = other_module.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+    return TrainState(jnp.zeros([], jnp.int32), params, other_tx.init(params))
+
+  other_abstract = partitioning.unbox(jax.eval_shape(other_init, jax.random.PRNGKey(0)))
+  want = jax.tree_util.tree_leaves_with_path(abstract_params)
+  have = dict(jax.tree_util.tree_leaves_with_path(other_abstract.params))
+  for path, leaf in want:
+    name = jax.tree_util.keystr(path)
+    if path not in have:
+      raise ConfigError(f"train.init_from={init_from!r}: the checkpoint has no parameter {name}")
+    if have[path].shape != leaf.shape:
+      raise ConfigError(f"train.init_from={init_from!r}: parameter {name} has shape {have[path].shape} "
+                        f"there but {leaf.shape} here")
+  # Restore the other run's whole state onto this mesh (params sharded like ours), keep its params.
+  rep = partitioning.replicated(jax.tree_util.tree_leaves(shardings)[0].mesh)
+  other_sh = TrainState(rep, shardings, jax.tree_util.tree_map(lambda _: rep, other_abstract.opt_state))
+  restored, _ = other_ckpt.restore(step, ckpt_lib.abstract_with_shardings(other_abstract, other_sh))
+  other_ckpt.close()
+  return restored.params

@@ -1,0 +1,61 @@
+"""Test set-up: 8 fake CPU devices (before JAX is imported) and a private TFDS data dir."""
+
+import os
+import tempfile
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Embedded corpora and token caches are prepared once per test session in a temporary data dir,
+# unless the caller points TFDS_DATA_DIR somewhere (CI reuses one across runs this way).
+os.environ.setdefault("TFDS_DATA_DIR", os.path.join(tempfile.gettempdir(), "bigjax_test_tfds"))
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROSE = (
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.\n"
+    "How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow.\n"
+)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+  """A local text corpus of a few kB (one file, so it is split by lines)."""
+  path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+  lines = [f"{i:04d} {PROSE.splitlines()[i % 2]} line {i * 7 % 13}\n" for i in range(400)]
+  path.write_text("".join(lines))
+  return str(path)
+
+
+def tiny_config(source: str, **overrides):
+  """A run config small enough to train in seconds: byte tokens, 2 layers of width 32."""
+  from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.default_config()
+  c.model.vocab_size = 264
+  c.model.d_model = 32
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.d_ff = 64
+  c.model.max_len = 64
+  c.data.source = source
+  c.data.tokenizer = "byte"
+  c.data.seq_len = 32
+  c.data.batch_size = 8
+  c.data.eval_batches = 2
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 2
+  c.train.steps = 6
+  c.train.log_every = 1
+  c.train.eval_every = 3
+  c.train.checkpoint_every = 3
+  c.train.num_samples = 1
+  c.train.sample_len = 8
+  c.mesh.num_devices = 1  # The 1-CPU reference; tests of meshes set 0 (all 8 fake devices).
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c

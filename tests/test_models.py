@@ -1,0 +1,76 @@
+"""The GPT-style decoder: shapes, causality, padding, logical axis names on every param."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigjax import config as config_lib
+from bigjax import models
+
+CFG = config_lib.ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, d_ff=48, max_len=16)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  module = models.build(CFG)
+  boxed = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
+  return module, boxed
+
+
+def test_every_param_has_logical_axis_names(model_and_params):
+  _, boxed = model_and_params
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  for x in leaves:
+    assert len(x.names) == x.value.ndim
+  emb = boxed["token_embed"]["embedding"]
+  assert emb.names == ("vocab", "embed") and emb.value.shape == (97, 32)
+  assert boxed["block_0"]["attention"]["query"]["kernel"].names == ("embed", "heads", "kv")
+
+
+def test_param_count_matches_gpt2_formula(model_and_params):
+  _, boxed = model_and_params
+  params = nn.meta.unbox(boxed)
+  n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  d, f, v, t, L = 32, 48, 97, 16, 2
+  per_layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 4 * d
+  assert n == v * d + t * d + L * per_layer + 2 * d
+
+
+def test_causal_and_padding(model_and_params):
+  module, boxed = model_and_params
+  params = nn.meta.unbox(boxed)
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(3, 97, (2, 10)), jnp.int32)
+  logits = module.apply({"params": params}, ids)
+  assert logits.shape == (2, 10, 97) and logits.dtype == jnp.float32
+  changed = ids.at[:, 6:].set(5)
+  np.testing.assert_allclose(module.apply({"params": params}, changed)[:, :6], logits[:, :6], atol=1e-6)
+  # Right padding: the real prefix's logits do not depend on what sits in padded positions.
+  mask = jnp.asarray([[1] * 10, [1] * 7 + [0] * 3])
+  a = module.apply({"params": params}, ids, attention_mask=mask)
+  b = module.apply({"params": params}, ids.at[1, 7:].set(0), attention_mask=mask)
+  np.testing.assert_allclose(a[1, :7], b[1, :7], atol=1e-6)
+  # Left padding: masked keys are ignored, so a padded prompt scores like the unpadded one
+  # given the same positions.
+  short = ids[:1, :6]
+  padded = jnp.concatenate([jnp.zeros((1, 4), jnp.int32), short], 1)
+  pmask = jnp.asarray([[0] * 4 + [1] * 6])
+  pos = jnp.asarray([[0] * 4 + list(range(6))])
+  c = module.apply({"params": params}, padded, attention_mask=pmask, positions=pos)
+  np.testing.assert_allclose(c[:, 4:], module.apply({"params": params}, short), atol=1e-5)
+
+
+def test_untied_head_and_dropout():
+  cfg = config_lib.ModelConfig(vocab_size=50, d_model=16, num_layers=1, num_heads=2, d_ff=32, max_len=8,
+                               tie_embeddings=False, dropout_rate=0.5)
+  module = models.build(cfg)
+  params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  assert params["lm_head"]["kernel"].shape == (16, 50)
+  ids = jnp.ones((1, 8), jnp.int32)
+  det = module.apply({"params": params}, ids)
+  np.testing.assert_allclose(det, module.apply({"params": params}, ids), atol=0)
+  drop = module.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  assert not np.allclose(drop, det)

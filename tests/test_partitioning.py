@@ -1,0 +1,63 @@
+"""Meshes, rules and the checks that run before compiling."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from bigjax import config as config_lib
+from bigjax import models
+from bigjax import partitioning
+from bigjax.config import ConfigError
+
+
+def test_resolve_shape():
+  assert partitioning.resolve_shape((-1, 1, 1), 8) == (8, 1, 1)
+  assert partitioning.resolve_shape((2, -1, 2), 8) == (2, 2, 2)
+  with pytest.raises(ConfigError, match=r"mesh.shape=\(2, 2, 1\) has 4 devices but 8"):
+    partitioning.resolve_shape((2, 2, 1), 8)
+  with pytest.raises(ConfigError, match=r"fixed axes \(3 devices\) do not divide the 8"):
+    partitioning.resolve_shape((3, -1, 1), 8)
+
+
+def test_mesh_and_batch_checks():
+  mesh = partitioning.make_mesh((2, 2, 2))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  partitioning.check_batch(8, mesh)
+  with pytest.raises(ConfigError, match=r"data.batch_size=6 does not divide over the data axes.*= 4"):
+    partitioning.check_batch(6, mesh)
+  with pytest.raises(ConfigError, match="mesh.num_devices=9: only 8"):
+    partitioning.make_mesh((-1, 1, 1), 9)
+
+
+def _abstract(cfg):
+  module = models.build(cfg)
+  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+
+
+def test_rules_shard_params_over_fsdp_and_tensor():
+  cfg = config_lib.ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4, d_ff=64, max_len=8)
+  mesh = partitioning.make_mesh((2, 2, 2))
+  abstract = _abstract(cfg)
+  sh = partitioning.logical_shardings(abstract, mesh)
+  assert sh["token_embed"]["embedding"].spec == P("tensor", "fsdp")
+  assert sh["block_0"]["attention"]["query"]["kernel"].spec == P("fsdp", "tensor", None)
+  assert sh["block_0"]["mlp"]["wo"]["kernel"].spec == P("tensor", "fsdp")
+  partitioning.check_divisible(abstract, sh)
+  # Sharded state really lands in pieces: each device holds 1/(fsdp*tensor) of the embedding.
+  with partitioning.activate(mesh):
+    module = models.build(cfg)
+    init = jax.jit(lambda: nn.meta.unbox(module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]),
+                   out_shardings=sh)
+    params = init()
+  shard = params["token_embed"]["embedding"].addressable_shards[0].data
+  assert shard.shape == (32, 16)
+
+
+def test_indivisible_dimension_is_named_before_compiling():
+  cfg = config_lib.ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=3, head_dim=8, d_ff=64, max_len=8)
+  mesh = partitioning.make_mesh((1, 1, 8))
+  abstract = _abstract(cfg)
+  with pytest.raises(ConfigError, match=r"param block_0/attention/\w+/\w+ has a dimension of 3 .*\('tensor',\) \(size 8\)"):
+    partitioning.check_divisible(abstract, partitioning.logical_shardings(abstract, mesh))

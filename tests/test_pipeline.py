@@ -1,0 +1,107 @@
+"""The tf.data pipeline: windows, the step-addressed training stream, eval batches, caching."""
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from bigjax.config import ConfigError
+from bigjax.data import pipeline
+from bigjax.data import tokenizer as tokenizer_lib
+
+
+def make_stream(n_tokens=1000, seq_len=8, batch=4, seed=0, **kw):
+  tokens = np.arange(n_tokens, dtype=np.int32)
+  return pipeline.TrainStream(pipeline.Windows(tokens, seq_len), global_batch=batch, seed=seed, **kw)
+
+
+def test_windows_are_shifted_targets_of_contiguous_text():
+  s = make_stream()
+  b = s.batch(0)
+  assert b["inputs"].shape == b["targets"].shape == (4, 8)
+  np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
+  # Windows start at multiples of seq_len (tokens are their own positions here).
+  assert np.all(b["inputs"][:, 0] % 8 == 0)
+  np.testing.assert_array_equal(b["inputs"], b["inputs"][:, :1] + np.arange(8))
+
+
+def test_each_epoch_visits_every_window_once_in_a_seeded_order():
+  s = make_stream(n_tokens=8 * 12 + 1, batch=4)  # 12 windows, 3 steps per epoch.
+  assert s.windows.count == 12
+  epoch0 = np.concatenate([s.indices(k) for k in range(3)])
+  epoch1 = np.concatenate([s.indices(k) for k in range(3, 6)])
+  assert sorted(epoch0) == list(range(12)) and sorted(epoch1) == list(range(12))
+  assert list(epoch0) != list(epoch1)  # Reshuffled per epoch.
+  assert list(epoch0) != list(range(12))
+  other_seed = make_stream(n_tokens=8 * 12 + 1, batch=4, seed=1)
+  assert list(np.concatenate([other_seed.indices(k) for k in range(3)])) != list(epoch0)
+
+
+def test_batch_straddling_an_epoch_boundary():
+  s = make_stream(n_tokens=8 * 10 + 1, batch=4)  # 10 windows: step 2 holds 2 of epoch 0, 2 of epoch 1.
+  idx = s.indices(2)
+  perm0, perm1 = s._permutation(0), s._permutation(1)
+  np.testing.assert_array_equal(idx, [perm0[8], perm0[9], perm1[0], perm1[1]])
+
+
+def test_iterator_equals_pure_function_of_step():
+  s = make_stream()
+  it = s.iterate(5)
+  for step in range(5, 9):
+    got, want = next(it), s.batch(step)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_processes_take_disjoint_rows_whose_union_is_the_global_batch():
+  whole = make_stream(batch=8)
+  parts = [make_stream(batch=8, process_index=p, process_count=4) for p in range(4)]
+  for step in (0, 3, 40):
+    union = np.concatenate([p.batch(step)["inputs"] for p in parts])
+    np.testing.assert_array_equal(union, whole.batch(step)["inputs"])
+  with pytest.raises(ConfigError, match="batch_size=8 does not divide over 3 processes"):
+    make_stream(batch=8, process_count=3)
+
+
+def test_eval_batches_cover_each_window_once_with_zero_weight_padding():
+  w = pipeline.Windows(np.arange(8 * 10 + 1, dtype=np.int32), 8)  # 10 windows, batch 4 → 3 batches.
+  batches = pipeline.eval_batches(w, global_batch=4, num_batches=0)
+  assert len(batches) == 3
+  weights = np.concatenate([b["weights"][:, 0] for b in batches])
+  np.testing.assert_array_equal(weights, [1] * 10 + [0] * 2)
+  starts = np.concatenate([b["inputs"][:, 0] for b in batches])[:10]
+  np.testing.assert_array_equal(starts, np.arange(10) * 8)
+  two = pipeline.eval_batches(w, global_batch=4, num_batches=2, process_index=1, process_count=2)
+  np.testing.assert_array_equal(two[0]["inputs"][:, 0], [16, 24])
+
+
+def test_too_short_text_is_an_error():
+  with pytest.raises(ConfigError, match="seq_len=8"):
+    make_stream(n_tokens=5)
+
+
+def test_unigram_reference():
+  logp = pipeline.unigram_log_probs(np.array([1, 1, 1, 2]), 4)
+  np.testing.assert_allclose(np.exp(logp).sum(), 1.0)
+  np.testing.assert_allclose(np.exp(logp), [1 / 8, 4 / 8, 2 / 8, 1 / 8])
+  batch = {"targets": np.array([[1, 2]]), "weights": np.array([[1.0, 0.0]])}
+  ref = pipeline.eval_reference([batch], logp, np.array([0, 3, 5, 1]))
+  assert ref == {"tokens": 1.0, "bytes": 3.0, "unigram_nats": pytest.approx(-np.log(0.5))}
+
+
+def test_build_tokenizes_and_caches_a_local_file(text_file):
+  cfg = tiny_config(text_file)
+  data = pipeline.build(cfg)
+  text = open(text_file, encoding="utf-8").read()
+  lines = text.splitlines(keepends=True)
+  n_val = len(lines) // 20
+  tok = tokenizer_lib.ByteTokenizer()
+  want_train = tok.encode(["".join(lines[:-n_val])])[0] + [tok.eos_id]
+  np.testing.assert_array_equal(data.train_tokens, want_train)
+  assert data.eval_windows.count == (len("".join(lines[-n_val:]).encode()) + 1 - 1) // 32
+  again = pipeline.build(cfg)  # From the cache: the same tokens.
+  np.testing.assert_array_equal(again.train_tokens, data.train_tokens)
+
+
+def test_tokenizer_larger_than_model_vocab_is_refused(text_file):
+  with pytest.raises(ConfigError, match=r"259 ids, more than model.vocab_size=100"):
+    pipeline.build(tiny_config(text_file, **{"model.vocab_size": 100}))

@@ -1,0 +1,119 @@
+"""End to end: train → checkpoint → resume, exactness, meshes, workdir safety."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from bigjax import train
+from bigjax.config import ConfigError
+
+
+def read_metrics(workdir, split="train"):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r for r in rows if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(text_file, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  out = train.train(tiny_config(text_file), workdir)
+  return workdir, out
+
+
+def test_workdir_records_the_run(uninterrupted):
+  workdir, out = uninterrupted
+  for name in ("config.json", "metrics.jsonl", "samples.txt", "checkpoints", "tensorboard"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "6"
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert set(rows[0]) == {"step", "split", "loss", "learning_rate", "grad_norm", "tokens_per_s"}
+  evals = read_metrics(workdir, "eval")
+  assert [r["step"] for r in evals] == [3, 6]
+  assert set(evals[0]) == {"step", "split", "loss", "unigram_loss", "bits_per_byte", "perplexity"}
+  assert rows[-1]["loss"] < rows[0]["loss"]  # It learns.
+  e = evals[-1]
+  assert e["perplexity"] == pytest.approx(np.exp(e["loss"]))
+  # Byte tokens: one token is one byte, so bits/byte is loss / ln 2 up to the EOS targets.
+  assert e["bits_per_byte"] == pytest.approx(e["loss"] / np.log(2), rel=0.05)
+  assert 0 < e["unigram_loss"] < np.log(264)
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["model"]["d_model"] == 32 and saved["train"]["steps"] == 6
+  samples = open(os.path.join(workdir, "samples.txt")).read()
+  assert "=== step 3" in samples and "=== step 6" in samples and "[sample]" in samples
+  assert out["eval_loss"] == pytest.approx(e["loss"])
+
+
+def test_resume_is_exact_and_continues(text_file, uninterrupted, tmp_path):
+  full_dir, _ = uninterrupted
+  workdir = str(tmp_path / "resumed")
+  train.train(tiny_config(text_file, **{"train.steps": 3}), workdir)
+  first = read_metrics(workdir)
+  assert [r["step"] for r in first] == [1, 2, 3]
+  train.train(tiny_config(text_file, **{"train.steps": 5}), workdir)
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # Continues past the last step.
+
+  # An interruption after step 3: the step-6 checkpoint and the lines after step 3 never happened.
+  interrupted = str(tmp_path / "interrupted")
+  cfg = tiny_config(text_file)
+  train.train(cfg, interrupted)
+  import shutil
+  shutil.rmtree(os.path.join(interrupted, "checkpoints", "6"))
+  with open(os.path.join(interrupted, "metrics.jsonl")) as f:
+    kept = [line for line in f if json.loads(line)["step"] <= 3]
+  with open(os.path.join(interrupted, "metrics.jsonl"), "w") as f:
+    f.writelines(kept)
+  train.train(cfg, interrupted)
+  resumed = [r["loss"] for r in read_metrics(interrupted)]
+  straight = [r["loss"] for r in read_metrics(full_dir)]
+  assert resumed == straight  # Bit for bit.
+
+
+def test_one_device_and_eight_devices_agree(text_file, uninterrupted, tmp_path):
+  full_dir, _ = uninterrupted
+  import jax
+  assert jax.device_count() == 8
+  one = [r["loss"] for r in read_metrics(full_dir)]  # tiny_config runs on 1 device.
+  for shape in [(8, 1, 1), (2, 2, 2)]:
+    workdir = str(tmp_path / ("mesh" + "".join(map(str, shape))))
+    train.train(tiny_config(text_file, **{"mesh.shape": shape, "mesh.num_devices": 0}), workdir)
+    many = [r["loss"] for r in read_metrics(workdir)]
+    np.testing.assert_allclose(many, one, rtol=1e-5)
+
+
+def test_workdir_of_another_shape_is_refused_and_kept(text_file, uninterrupted):
+  workdir, _ = uninterrupted
+  before = {p: open(os.path.join(workdir, p), "rb").read() for p in ("config.json", "metrics.jsonl")}
+  with pytest.raises(ConfigError, match=r"model\.d_model=32.*model\.d_model=64"):
+    train.train(tiny_config(text_file, **{"model.d_model": 64}), workdir)
+  after = {p: open(os.path.join(workdir, p), "rb").read() for p in before}
+  assert before == after
+  assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_init_from_loads_params_and_checks_shapes(text_file, uninterrupted, tmp_path):
+  src, _ = uninterrupted
+  workdir = str(tmp_path / "finetune")
+  out = train.train(tiny_config(text_file, **{"train.init_from": src, "train.steps": 1,
+                                              "train.eval_every": 1}), workdir)
+  scratch = [r["loss"] for r in read_metrics(src)][0]
+  # Step 1 from pre-trained params has a much lower loss than step 1 from scratch.
+  assert read_metrics(workdir)[0]["loss"] < scratch - 0.3
+  assert np.isfinite(out["eval_loss"])
+  with pytest.raises(ConfigError, match="token_embed"):
+    train.train(tiny_config(text_file, **{"train.init_from": src, "model.vocab_size": 300}),
+                str(tmp_path / "bad"))
+
+
+def test_nothing_to_do_when_already_at_target(text_file, uninterrupted, capsys):
+  workdir, _ = uninterrupted
+  n = len(read_metrics(workdir))
+  train.train(tiny_config(text_file), workdir)
+  assert len(read_metrics(workdir)) == n
+  assert "nothing to do" in capsys.readouterr().out
