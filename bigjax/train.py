@@ -166,7 +166,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains to `config.train.steps`, resuming from the workdir if it holds a run. Returns last metrics."""
   # Setup: everything that can be wrong with the config is found before anything is written.
   mcfg = config_lib.validate(config)
-  workdir = epath.Path(workdir)
+  # Orbax needs absolute paths; a relative local workdir is relative to where the command runs.
+  workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
   old_config = check_workdir(workdir, config) if workdir.exists() else None
   pc, pi = jax.process_count(), jax.process_index()
 
@@ -321,9 +322,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if step % config.train.checkpoint_every == 0 or step == steps:
       ckpt.save(step, state, {"step": step, "config": resolved,
                               "data": {"seed": config.train.seed, "examples_consumed": step * config.data.batch_size}})
+  t_wait = time.time()
   ckpt.wait()
   ckpt.close()
   writer.close()
+  log(f"bigjax: run ends at step {step}; loop {_fmt_time(time.time() - run_t0)}, final checkpoint wait "
+      f"{time.time() - t_wait:.1f}s")
   if step == start:
     log(f"bigjax: already at step {start} (train.steps={steps}); nothing to do. Raise --config.train.steps "
         "to train on.")

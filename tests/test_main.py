@@ -44,3 +44,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, match):
   assert len(errors) == 1 and match in errors[0], r.stderr[-2000:]
   assert "Traceback" not in r.stderr
   assert not workdir.exists() or not any(workdir.iterdir())  # Nothing was written.
+
+
+def test_cli_trains_then_resumes_in_a_relative_workdir(tmp_path, text_file):
+  tiny = ["--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
+          "--config.model.d_ff=64", "--config.model.vocab_size=259", "--config.data.tokenizer=byte",
+          f"--config.data.source={text_file}", "--config.data.seq_len=32", "--config.data.batch_size=8",
+          "--config.data.eval_batches=1", "--config.train.log_every=1", "--config.train.eval_every=2",
+          "--config.train.checkpoint_every=2", "--config.train.num_samples=1", "--config.mesh.num_devices=1"]
+  first = bigjax("train", "--config", QUICK, "--workdir", "run", "--config.train.steps=2", *tiny, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "state from scratch" in first.stdout and "train step 2/2" in first.stdout
+  assert "eval  step 2" in first.stdout and "Traceback" not in first.stderr
+  second = bigjax("train", "--config", QUICK, "--workdir", "run", "--config.train.steps=4", *tiny, cwd=tmp_path)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "state from this workdir's checkpoint at step 2" in second.stdout
+  assert "train step 3/4" in second.stdout and "train step 1/" not in second.stdout
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]

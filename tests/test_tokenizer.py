@@ -10,7 +10,8 @@ from bigjax.data import tokenizer as tokenizer_lib
 CODE = 'def f(x):\n\t"""Dоc — ünïcode ✓."""\n    return {x: [1, 2.5e-3]}  # tail  \n\n'
 
 
-@pytest.mark.parametrize("name,vocab", [("prose_sp4k.model", 4096), ("code_sp8k.model", 8192), ("byte", 259)])
+@pytest.mark.parametrize("name,vocab", [("prose_sp4k.model", 4096), ("code_sp4k.model", 4096),
+                                        ("code_sp8k.model", 8192), ("byte", 259)])
 def test_shipped_tokenizers(name, vocab):
   tok = tokenizer_lib.load(name)
   assert tok.vocab_size == vocab

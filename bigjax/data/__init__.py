@@ -6,7 +6,7 @@ import sys
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
+def quiet_native_stderr():
   """Silences TensorFlow's C++ start-up lines (CUDA probing on CPU-only machines), which its absl
   logging writes straight to fd 2 before any log level applies. Python errors still surface."""
   try:
@@ -25,7 +25,7 @@ def _quiet_native_stderr():
     os.close(devnull)
 
 
-with _quiet_native_stderr():
+with quiet_native_stderr():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # tf.data only: TensorFlow must never take an accelerator (or its memory) from JAX.
   tf.config.set_visible_devices([], "GPU")

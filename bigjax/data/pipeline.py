@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from bigjax.config import ConfigError
+from bigjax.data import quiet_native_stderr
 from bigjax.data import sources
 from bigjax.data import tokenizer as tokenizer_lib
 
@@ -56,10 +57,11 @@ def tokenize_split(source: str, split: str, tok, *, data_dir: str = "", text_key
 
   docs = sources.documents(source, split, data_dir_=data_dir, text_key=text_key)
   eos = tf.constant([tok.eos_id], tf.int32)
-  encode = tok.tf_encoder()
-  ds = docs.map(lambda t: tf.concat([encode(t), eos], 0),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  pieces = list(ds.as_numpy_iterator())
+  with quiet_native_stderr():  # The SentencePiece op logs its normaliser set-up from C++.
+    encode = tok.tf_encoder()
+    ds = docs.map(lambda t: tf.concat([encode(t), eos], 0),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    pieces = list(ds.as_numpy_iterator())
   tokens = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros([0], np.int32)
   if tokens.size <= len(pieces):  # Nothing but EOS markers.
     raise ConfigError(f"data.source={source!r}: the {split!r} split holds no text")
