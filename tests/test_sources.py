@@ -66,3 +66,12 @@ def test_bad_local_sources_name_the_setting(tmp_path, name, match):
 def test_unknown_tfds_name():
   with pytest.raises(ConfigError, match=r"data.source='tfds:no_such_dataset_xyz'"):
     sources.documents("tfds:no_such_dataset_xyz", "train")
+
+
+def test_any_tfds_dataset_by_name(tmp_path):
+  # tfds.testing.mock_data serves random examples of a registered dataset's real features.
+  with tfds.testing.mock_data(num_examples=6):
+    docs = texts("tfds:imdb_reviews", "train")
+    assert len(docs) == 6 and all(isinstance(d, str) for d in docs)
+    with pytest.raises(ConfigError, match=r"data.text_key='body' is not a feature of tfds:imdb_reviews; it has"):
+      texts("tfds:imdb_reviews", "train", text_key="body")

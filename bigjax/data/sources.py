@@ -110,7 +110,7 @@ def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str)
                       f"{str(e).splitlines()[0]})") from None
   if not builder.is_prepared():
     builder.download_and_prepare()
-  if split not in builder.info.splits:
+  if builder.info.splits and split not in builder.info.splits:
     raise ConfigError(f"split {split!r} is not in tfds:{name}; it has {', '.join(builder.info.splits)}")
   features = builder.info.features
   if text_key not in features:
