@@ -204,10 +204,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   latest = ckpt.latest_step()
   if latest is None and old_config is not None and (workdir / "checkpoints").exists():
     log(f"note: {workdir} has a config.json but no complete checkpoint; starting from scratch")
-  resolved = json.loads(config.to_json_best_effort())
-  if pi == 0:
-    write_json_atomic(workdir / "config.json", resolved)
-
   target = ckpt_lib.abstract_with_shardings(abstract, state_sh)
   with partitioning.activate(mesh, rules):
     if latest is not None:
@@ -221,6 +217,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         state = state.replace(params=load_params(config.train.init_from, abstract.params, state_sh.params))
         source = f"init_from {config.train.init_from} (params only, fresh optimizer)"
   start = int(state.step)
+  # Written only once the state exists, so that a failed start leaves no config pinning the workdir.
+  resolved = json.loads(config.to_json_best_effort())
+  if pi == 0:
+    write_json_atomic(workdir / "config.json", resolved)
   log(f"bigjax: {mcfg.family} with {n_params:,} params; mesh {dict(mesh.shape)} on {jax.device_count()} "
       f"{jax.devices()[0].platform} device(s), {pc} process(es)")
   log(f"bigjax: data {config.data.source} ({len(data.train_tokens):,} train tokens, tokenizer {tok.name} "
@@ -247,6 +247,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                             num_batches=config.data.eval_batches), unigram, tok.byte_lengths())
 
   writer = MetricsWriter(workdir)
+  sampler = make_sampler(module, config.train.sample_temperature, config.train.sample_top_k,
+                         tok.eos_id, tok.pad_id)
   tokens_per_step = config.data.batch_size * seq_len
 
   def evaluate(step: int) -> dict[str, float]:
@@ -274,8 +276,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     buf = np.full((n, _PROMPT_LEN + sample_len), tok.pad_id, np.int32)
     buf[:, :_PROMPT_LEN] = prompts
     with partitioning.activate(mesh, rules):
-      out = _sampler(module, config.train.sample_temperature, config.train.sample_top_k,
-                     tok.eos_id, tok.pad_id)(state.params, jnp.asarray(buf), jax.random.PRNGKey(step))
+      out = sampler(state.params, jnp.asarray(buf), jax.random.PRNGKey(step))
     out = np.asarray(out)
     if pi == 0:
       with (workdir / "samples.txt").open("a") as f:
@@ -334,19 +335,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   return {**{f"train_{k}": v for k, v in last_train.items()}, **{f"eval_{k}": v for k, v in last_eval.items()}}
 
 
-def _sampler(module, temperature, top_k, eos_id, pad_id):
-  key = (id(module), temperature, top_k, eos_id, pad_id)
-  if key not in _SAMPLERS:
-    def run(params, buf, rng):
-      fn = lambda tokens: module.apply({"params": params}, tokens)
-      lengths = jnp.full((buf.shape[0],), _PROMPT_LEN)
-      return decode.sample(fn, buf, lengths, rng, eos_id=eos_id, pad_id=pad_id,
-                           temperature=temperature, top_k=top_k, start=_PROMPT_LEN)
-    _SAMPLERS[key] = jax.jit(run)
-  return _SAMPLERS[key]
-
-
-_SAMPLERS: dict = {}
+def make_sampler(module, temperature: float, top_k: int, eos_id: int, pad_id: int):
+  """A jitted `(params, buffer, rng) -> buffer` that continues each row after a _PROMPT_LEN prompt."""
+  def run(params, buf, rng):
+    fn = lambda tokens: module.apply({"params": params}, tokens)
+    lengths = jnp.full((buf.shape[0],), _PROMPT_LEN)
+    return decode.sample(fn, buf, lengths, rng, eos_id=eos_id, pad_id=pad_id,
+                         temperature=temperature, top_k=top_k, start=_PROMPT_LEN)
+  return jax.jit(run)
 
 
 def load_params(init_from: str, abstract_params, shardings):

@@ -109,6 +109,7 @@ def test_init_from_loads_params_and_checks_shapes(text_file, uninterrupted, tmp_
   with pytest.raises(ConfigError, match="token_embed"):
     train.train(tiny_config(text_file, **{"train.init_from": src, "model.vocab_size": 300}),
                 str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "config.json")  # The failed start pinned nothing.
 
 
 def test_nothing_to_do_when_already_at_target(text_file, uninterrupted, capsys):
