@@ -72,3 +72,20 @@ def test_gpt2_bad_checkpoints_are_named(tmp_path):
     convert.from_hf(str(tmp_path / "ok"))
   with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
     convert.from_hf(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("name", ["gpt2_small", "gpt2_medium", "gpt2_large", "gpt2_xl"])
+def test_gpt2_presets_have_the_hugging_face_parameter_counts(name):
+  import math
+  import jax
+  from bigjax import config as config_lib
+  from bigjax import partitioning
+  cfg = config_lib.preset(name)
+  module = models.build(cfg)
+  abstract = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  ours = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(partitioning.unbox(abstract)))
+  hf_cfg = transformers.GPT2Config(n_embd=cfg.d_model, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+                                   n_positions=cfg.max_len, vocab_size=cfg.vocab_size)
+  with torch.device("meta"):  # Nothing is allocated, even for GPT-2 XL.
+    theirs = sum(p.numel() for p in transformers.GPT2LMHeadModel(hf_cfg).parameters())
+  assert ours == theirs
