@@ -21,7 +21,6 @@ import os
 import tempfile
 from typing import Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow as tf
 

@@ -130,9 +130,12 @@ def _embedded_documents(name: str, split: str, data_dir_: str | None) -> tf.data
 
 def local_files(pattern: str) -> list[str]:
   """Sorted files matching a path or glob; raises ConfigError naming `data.source` if none."""
-  if "://" in pattern:
-    paths = [str(p) for p in epath.Path(pattern.split("*")[0]).parent.glob(os.path.basename(pattern))] \
-        if any(c in pattern for c in "*?[") else ([pattern] if epath.Path(pattern).exists() else [])
+  if "://" in pattern:  # gs:// and friends: a glob in the last path component only.
+    base, _, name = pattern.rpartition("/")
+    if any(c in name for c in "*?["):
+      paths = [str(p) for p in epath.Path(base).glob(name)]
+    else:
+      paths = [pattern] if epath.Path(pattern).exists() else []
   else:
     pattern = os.path.expanduser(pattern)
     paths = globlib.glob(pattern, recursive=True) if any(c in pattern for c in "*?[") else (
