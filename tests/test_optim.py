@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from bigjax import config as config_lib
@@ -50,7 +51,10 @@ def test_adamw_decays_only_masked_params_and_clips():
   np.testing.assert_allclose(updates["dense"]["bias"], 0.0)
   lr = float(optim.schedule(_config(warmup_steps=0))(0))
   np.testing.assert_allclose(updates["dense"]["kernel"], -lr * 0.5 * np.ones((2, 2)), rtol=1e-6)
+  # With b1 = 0 Adam's first moment is the (clipped) gradient itself, so its norm shows the clipping.
   huge = jax.tree_util.tree_map(lambda x: 1e6 * jnp.ones_like(x), params)
-  clipped, _ = optim.make(_config(weight_decay=0.0, clip_norm=1.0, b1=0.0, warmup_steps=0)).update(
-      huge, state, params)
-  assert np.all(np.isfinite(clipped["dense"]["kernel"]))
+  for clip_norm, want in ((1.0, 1.0), (0.0, 1e6 * np.sqrt(6.0))):
+    tx = optim.make(_config(weight_decay=0.0, clip_norm=clip_norm, b1=0.0, warmup_steps=0))
+    _, new_state = tx.update(huge, tx.init(params), params)
+    mu = optax.tree_utils.tree_get(new_state, "mu")
+    assert float(optax.global_norm(mu)) == pytest.approx(want, rel=1e-5)
