@@ -39,6 +39,23 @@ class Checkpointer:
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+  def param_metadata(self, step: int) -> dict:
+    """The stored params' tree of Orbax array metadata (shape, dtype), read without loading them."""
+    meta = ocp.PyTreeCheckpointHandler().metadata(self.directory / str(step) / "state")
+    return dict(meta.tree)["params"]
+
+  def restore_params(self, step: int, abstract_params):
+    """Only the params (or the subset `abstract_params` names) of a checkpoint, nothing else loaded.
+
+    `abstract_params` is a tree of jax.ShapeDtypeStruct with shardings, or the metadata tree of
+    `param_metadata` (then each array is restored whole, on the default device)."""
+    target = jax.tree_util.tree_map(
+        lambda m: m if isinstance(m, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(m.shape, m.dtype),
+        abstract_params)
+    out = ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+        item={"params": target}, partial_restore=True))
+    return out["params"]
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -18,28 +18,49 @@ class ConfigError(ValueError):
   """A setting has a value that cannot work. The message names the setting and what is allowed."""
 
 
-FAMILIES = ("decoder",)  # issue 3 adds "encoder" and "encoder_decoder".
+FAMILIES = ("encoder", "decoder", "encoder_decoder")
 DTYPES = ("float32", "bfloat16", "float16")
-ACTIVATIONS = ("gelu_tanh", "gelu", "relu")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")
+POSITIONS = ("learned", "rotary", "relative")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+ENCODER_HEADS = ("mlm", "classifier", "none")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
+_FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
+                     "encoder_decoder": ("relative",)}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture of a model. Defaults are GPT-2's conventions."""
+  """Architecture of a model. Defaults are GPT-2's conventions; presets give BERT's and T5's."""
 
-  family: str = "decoder"  # Which model family `bigjax.models.build` makes.
+  family: str = "decoder"  # "encoder" (BERT), "decoder" (GPT) or "encoder_decoder" (T5).
   vocab_size: int = 8192  # Rows of the embedding table (>= the tokenizer's vocabulary).
   d_model: int = 256  # Width of the residual stream.
-  num_layers: int = 4  # Transformer blocks.
+  num_layers: int = 4  # Transformer blocks (the encoder's, for encoder_decoder).
+  num_decoder_layers: int = 0  # encoder_decoder: decoder blocks (0 = num_layers).
   num_heads: int = 4  # Attention heads.
-  head_dim: int = 0  # Per-head width; 0 means d_model // num_heads.
+  head_dim: int = 0  # Per-head width; 0 means d_model // num_heads (T5 sets it: d_kv).
   d_ff: int = 1024  # Hidden width of the MLP.
-  max_len: int = 1024  # Learned positions: the longest sequence the model accepts.
-  dropout_rate: float = 0.0  # Dropout on embeddings, attention output and MLP output.
-  layer_norm_eps: float = 1e-5  # LayerNorm epsilon (GPT-2: 1e-5).
+  max_len: int = 1024  # Longest sequence (the size of the learned position table, if any).
+  positions: str = "learned"  # "learned" table, "rotary" (RoPE on queries/keys), "relative" (T5 buckets).
+  rope_theta: float = 10000.0  # Rotary base wavelength.
+  relative_buckets: int = 32  # T5 relative-position buckets.
+  relative_max_distance: int = 128  # T5: distances beyond this share the last bucket.
+  norm: str = "layernorm"  # "layernorm" (mean and variance, scale and bias) or "rmsnorm" (scale only).
+  norm_position: str = "pre"  # "pre": x + f(norm(x)), final norm (GPT, T5); "post": norm(x + f(x)) (BERT).
+  layer_norm_eps: float = 1e-5  # Norm epsilon (GPT-2 1e-5, BERT 1e-12, T5 1e-6).
   activation: str = "gelu_tanh"  # MLP nonlinearity (GPT-2: tanh-approximated GELU).
+  gated_mlp: bool = False  # act(x W0) * (x W1) (SwiGLU with silu; T5 v1.1's gated-GELU with gelu_tanh).
   use_bias: bool = True  # Biases in attention and MLP projections.
   tie_embeddings: bool = True  # Output projection is the token embedding transposed.
+  type_vocab_size: int = 0  # encoder: segment (token type) embeddings, 0 = none (BERT: 2).
+  encoder_head: str = "mlm"  # encoder: "mlm" (logits over the vocab), "classifier" (pooled [CLS]), "none".
+  num_labels: int = 2  # encoder_head="classifier": number of classes.
+  dropout_rate: float = 0.0  # Dropout on embeddings, attention probabilities and sublayer outputs.
+  scan_layers: bool = False  # Run the blocks under nn.scan (one compiled block; params stacked on "layers").
+  remat_policy: str = "none"  # Rematerialise blocks in the backward pass: none, full, dots, dots_no_batch.
   init_std: float = 0.02  # Std of the normal initializer (residual projections get /sqrt(2L)).
   dtype: str = "float32"  # Compute dtype of activations.
   param_dtype: str = "float32"  # Storage dtype of parameters.
@@ -49,20 +70,38 @@ class ModelConfig:
     _choice("model.dtype", self.dtype, DTYPES)
     _choice("model.param_dtype", self.param_dtype, DTYPES)
     _choice("model.activation", self.activation, ACTIVATIONS)
+    _choice("model.norm", self.norm, NORMS)
+    _choice("model.norm_position", self.norm_position, NORM_POSITIONS)
+    _choice("model.encoder_head", self.encoder_head, ENCODER_HEADS)
+    _choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
+    _choice(f"model.positions (for model.family={self.family!r})", self.positions,
+            _FAMILY_POSITIONS[self.family])
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):
       _positive(f"model.{name}", getattr(self, name))
-    if self.head_dim < 0:
-      raise ConfigError(f"model.head_dim={self.head_dim}: must be >= 0 (0 means d_model // num_heads)")
+    for name in ("head_dim", "num_decoder_layers", "type_vocab_size"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"model.{name}={getattr(self, name)}: must be >= 0")
     if self.head_dim == 0 and self.d_model % self.num_heads:
       raise ConfigError(
           f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}; "
           "choose a divisor or set model.head_dim")
+    if self.positions == "rotary" and self.kv_dim % 2:
+      raise ConfigError(f"model.positions='rotary' needs an even head width, got {self.kv_dim}")
+    if self.positions == "relative":
+      _positive("model.relative_buckets", self.relative_buckets)
+      _positive("model.relative_max_distance", self.relative_max_distance)
+    if self.family == "encoder" and self.encoder_head == "classifier":
+      _positive("model.num_labels", self.num_labels)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ConfigError(f"model.dropout_rate={self.dropout_rate}: must be in [0, 1)")
 
   @property
   def kv_dim(self) -> int:
     return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_decoder_layers or self.num_layers
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
@@ -77,18 +116,54 @@ class ModelConfig:
 
 
 # Published sizes. `preset(name)` returns a ModelConfig; `config.model.preset` selects one.
+_GPT2 = dict(family="decoder", vocab_size=50257, max_len=1024)
+_BERT = dict(family="encoder", vocab_size=30522, max_len=512, type_vocab_size=2, norm_position="post",
+             layer_norm_eps=1e-12, activation="gelu", encoder_head="mlm")
+_T5 = dict(family="encoder_decoder", vocab_size=32128, max_len=512, positions="relative", norm="rmsnorm",
+           layer_norm_eps=1e-6, use_bias=False, init_std=1.0)
+_T5_V1_0 = dict(_T5, activation="relu", tie_embeddings=True)
+_T5_V1_1 = dict(_T5, activation="gelu_tanh", gated_mlp=True, tie_embeddings=False)
+
+
+def _bert(layers, d, heads):
+  return dict(_BERT, num_layers=layers, d_model=d, num_heads=heads, d_ff=4 * d)
+
+
+def _t5(base, layers, d, heads, d_ff, head_dim=64):
+  return dict(base, num_layers=layers, d_model=d, num_heads=heads, d_ff=d_ff, head_dim=head_dim)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2_small": dict(vocab_size=50257, d_model=768, num_layers=12, num_heads=12, d_ff=3072, max_len=1024),
-    "gpt2_medium": dict(vocab_size=50257, d_model=1024, num_layers=24, num_heads=16, d_ff=4096, max_len=1024),
-    "gpt2_large": dict(vocab_size=50257, d_model=1280, num_layers=36, num_heads=20, d_ff=5120, max_len=1024),
-    "gpt2_xl": dict(vocab_size=50257, d_model=1600, num_layers=48, num_heads=25, d_ff=6400, max_len=1024),
+    "gpt2_small": dict(_GPT2, d_model=768, num_layers=12, num_heads=12, d_ff=3072),
+    "gpt2_medium": dict(_GPT2, d_model=1024, num_layers=24, num_heads=16, d_ff=4096),
+    "gpt2_large": dict(_GPT2, d_model=1280, num_layers=36, num_heads=20, d_ff=5120),
+    "gpt2_xl": dict(_GPT2, d_model=1600, num_layers=48, num_heads=25, d_ff=6400),
+    # BERT (Devlin et al. 2018) and the compact BERTs of Turc et al. 2019 (google-research/bert).
+    "bert_tiny": _bert(2, 128, 2),
+    "bert_mini": _bert(4, 256, 4),
+    "bert_small": _bert(4, 512, 8),
+    "bert_medium": _bert(8, 512, 8),
+    "bert_base": _bert(12, 768, 12),
+    "bert_large": _bert(24, 1024, 16),
+    # T5 v1.0 (Raffel et al. 2019): ReLU MLP, tied embeddings.
+    "t5_small": _t5(_T5_V1_0, 6, 512, 8, 2048),
+    "t5_base": _t5(_T5_V1_0, 12, 768, 12, 3072),
+    "t5_large": _t5(_T5_V1_0, 24, 1024, 16, 4096),
+    "t5_3b": _t5(_T5_V1_0, 24, 1024, 32, 16384, head_dim=128),
+    "t5_11b": _t5(_T5_V1_0, 24, 1024, 128, 65536, head_dim=128),
+    # T5 v1.1: gated-GELU MLP, untied output layer.
+    "t5_v1_1_small": _t5(_T5_V1_1, 8, 512, 6, 1024),
+    "t5_v1_1_base": _t5(_T5_V1_1, 12, 768, 12, 2048),
+    "t5_v1_1_large": _t5(_T5_V1_1, 24, 1024, 16, 2816),
+    "t5_v1_1_xl": _t5(_T5_V1_1, 24, 2048, 32, 5120),
+    "t5_v1_1_xxl": _t5(_T5_V1_1, 24, 4096, 64, 10240),
 }
 
 
 def preset(name: str, **overrides) -> ModelConfig:
   if name not in PRESETS:
     raise ConfigError(f"model.preset={name!r} is not a preset; known: {', '.join(PRESETS)}")
-  return ModelConfig(family="decoder", **{**PRESETS[name], **overrides})
+  return ModelConfig(**{**PRESETS[name], **overrides})
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -121,7 +196,10 @@ def default_config() -> ml_collections.ConfigDict:
   # A SentencePiece model path (relative paths are looked up in the repo's tokenizers/ too), or
   # "byte" for byte-level tokens that need no training.
   c.data.tokenizer = "prose_sp8k.model"
-  c.data.seq_len = 256  # Tokens per training example.
+  # How windows of tokens become batches: "causal_lm" (decoder), "masked_lm" (encoder), "span_corruption"
+  # (encoder_decoder); "" = the model family's own.
+  c.data.objective = ""
+  c.data.seq_len = 256  # Tokens per training example (the encoder's input length for span corruption).
   c.data.batch_size = 16  # Global batch (examples per step, summed over all processes).
   c.data.eval_batches = 8  # Eval batches per evaluation (0 = the whole eval split).
 

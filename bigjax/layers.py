@@ -1,15 +1,19 @@
 """Shared transformer layers. Every param and activation carries logical axis names.
 
-Param names: `vocab`, `embed`, `heads`, `kv`, `mlp`, `length`.
-Activation names: `activation_batch`, `activation_length`, `activation_embed`, `activation_heads`,
-`activation_kv`, `activation_mlp`, `activation_vocab` (kept apart from param names so that a rule can
-shard a weight's `embed` over `fsdp` while the batch is on `fsdp` too). Only
-`bigjax.partitioning` maps these names to a mesh; nothing here knows one.
+Param names: `vocab`, `embed`, `heads`, `kv`, `mlp`, `length`, `relpos`, `labels` (and `layers` for the
+stacked axis of scanned blocks). Activation names: `activation_batch`, `activation_length`,
+`activation_embed`, `activation_heads`, `activation_kv`, `activation_mlp`, `activation_vocab` (kept
+apart from param names so that a rule can shard a weight's `embed` over `fsdp` while the batch is on
+`fsdp` too). Only `bigjax.partitioning` maps these names to a mesh; nothing here knows one.
+
+Masks are boolean, broadcastable to `[batch, heads, q_len, kv_len]` (True = may attend); additive
+biases (T5's relative positions) are float `[1 | batch, heads, q_len, kv_len]`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -22,6 +26,7 @@ Array = jax.Array
 
 BTE = ("activation_batch", "activation_length", "activation_embed")
 BTHD = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+BTM = ("activation_batch", "activation_length", "activation_mlp")
 
 
 def constrain(x: Array, names: tuple[str, ...]) -> Array:
@@ -44,12 +49,21 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
 }
 
 
-class LayerNorm(nn.Module):
-  """LayerNorm over the last axis, computed in float32, with `embed`-named scale and bias."""
+def kernel_std(cfg: ModelConfig, fan_in: int, *, residual: bool = False) -> float:
+  """Init std of a projection: GPT/BERT use a fixed std (residual outputs / sqrt(2L)); T5 uses fan-in."""
+  if cfg.family == "encoder_decoder":
+    return cfg.init_std * fan_in ** -0.5
+  return cfg.init_std / (2 * cfg.num_layers) ** 0.5 if residual else cfg.init_std
 
+
+class Norm(nn.Module):
+  """LayerNorm (mean and variance; scale and bias) or RMSNorm (T5/Llama: scale only), in float32."""
+
+  kind: str = "layernorm"
   eps: float = 1e-5
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -57,14 +71,23 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
-    scale = self.param("scale", param_init(nn.initializers.ones, ("embed",)), (d,), dtype_of(self.param_dtype))
-    bias = self.param("bias", param_init(nn.initializers.zeros, ("embed",)), (d,), dtype_of(self.param_dtype))
+    pd = dtype_of(self.param_dtype)
+    scale = self.param("scale", param_init(nn.initializers.ones, ("embed",)), (d,), pd)
     xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    if self.kind == "rmsnorm":
+      y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
+      y = y * scale.astype(jnp.float32)
+    else:
+      bias = self.param("bias", param_init(nn.initializers.zeros, ("embed",)), (d,), pd)
+      mean = xf.mean(-1, keepdims=True)
+      var = jnp.square(xf - mean).mean(-1, keepdims=True)
+      y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+      y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
     return y.astype(dtype_of(self.dtype))
+
+
+def norm(cfg: ModelConfig, name: str) -> Norm:
+  return Norm(cfg.norm, cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)
 
 
 class Dense(nn.Module):
@@ -94,48 +117,155 @@ class Dense(nn.Module):
     return y
 
 
-def causal_mask(length: int) -> Array:
-  return jnp.tril(jnp.ones((length, length), jnp.bool_))
+def causal_mask(q_len: int, kv_len: int | None = None, offset=0) -> Array:
+  """`[q_len, kv_len]`: query i (at position offset + i) may attend keys at positions <= offset + i."""
+  kv_len = q_len if kv_len is None else kv_len
+  return (offset + jnp.arange(q_len))[:, None] >= jnp.arange(kv_len)[None, :]
 
 
-class SelfAttention(nn.Module):
-  """Multi-head self-attention; `mask` is boolean `[batch, 1 | heads, q_len, kv_len]`."""
+def padding_mask(mask: Array | None) -> Array | None:
+  """`[batch, length]` 1/0 token mask → boolean `[batch, 1, 1, length]` key mask."""
+  return None if mask is None else mask.astype(jnp.bool_)[:, None, None, :]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+  out = None
+  for m in masks:
+    if m is not None:
+      out = m if out is None else jnp.logical_and(out, m)
+  return out
+
+
+def rotary(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary position embedding (RoFormer), rotate-half layout as in GPT-NeoX and Llama.
+
+  x `[batch, length, heads, dim]`, positions `[batch, length]`.
+  """
+  dim = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, dim/2]
+  angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], -1)
+  return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def relative_position_bucket(relative_position: Array, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """T5's bucketing of (key position - query position): exact for small distances, log-spaced beyond."""
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # float32 throughout, as in the Mesh TensorFlow and PyTorch references, so that buckets agree exactly.
+  scaled = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+            / jnp.float32(math.log(max_distance / max_exact)) * (num_buckets - max_exact))
+  large = jnp.minimum(max_exact + scaled.astype(relative_position.dtype), num_buckets - 1)
+  return buckets + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned per-head bias for each relative-position bucket → `[1, heads, q_len, kv_len]`."""
 
   cfg: ModelConfig
+  bidirectional: bool
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
+  def __call__(self, q_positions: Array, kv_len: int) -> Array:
+    cfg = self.cfg
+    table = self.param("embedding", param_init(normal(cfg.init_std), ("relpos", "heads")),
+                       (cfg.relative_buckets, cfg.num_heads), dtype_of(cfg.param_dtype))
+    rel = jnp.arange(kv_len)[None, :] - q_positions[:, None]
+    buckets = relative_position_bucket(rel, bidirectional=self.bidirectional, num_buckets=cfg.relative_buckets,
+                                       max_distance=cfg.relative_max_distance)
+    bias = jnp.take(table, buckets, axis=0).astype(jnp.float32)  # [q, k, heads]
+    return jnp.transpose(bias, (2, 0, 1))[None]
+
+
+class Attention(nn.Module):
+  """Multi-head attention of `x` over `kv` (itself for self-attention).
+
+  T5 (family encoder_decoder) does not scale the logits by 1/sqrt(head_dim): its initialisation
+  accounts for it. With `decode=True` (self-attention only) keys and values are written into the
+  "cache" collection at `cache_index` and the queries attend over the whole cache; the caller's mask
+  says which cache positions are visible.
+  """
+
+  cfg: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, kv: Array, mask: Array | None, bias: Array | None = None,
+               positions: Array | None = None, kv_positions: Array | None = None,
+               cache_index: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.cfg
     dense = functools.partial(Dense, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     hk = (cfg.num_heads, cfg.kv_dim)
-    q = dense(hk, ("embed",), ("heads", "kv"), init_std=cfg.init_std, name="query")(x)
-    k = dense(hk, ("embed",), ("heads", "kv"), init_std=cfg.init_std, name="key")(x)
-    v = dense(hk, ("embed",), ("heads", "kv"), init_std=cfg.init_std, name="value")(x)
+    inner = cfg.num_heads * cfg.kv_dim
+    t5 = cfg.family == "encoder_decoder"
+    q_std = kernel_std(cfg, cfg.d_model * cfg.kv_dim) if t5 else cfg.init_std
+    q = dense(hk, ("embed",), ("heads", "kv"), init_std=q_std, name="query")(x)
+    k = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="key")(kv)
+    v = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="value")(kv)
     q, k, v = (constrain(t, BTHD) for t in (q, k, v))
-    q = q * jnp.asarray(cfg.kv_dim ** -0.5, q.dtype)
+    if cfg.positions == "rotary":
+      q = rotary(q, positions, cfg.rope_theta)
+      k = rotary(k, positions if kv_positions is None else kv_positions, cfg.rope_theta)
+    if self.decode:
+      k, v = self._update_cache(k, v, cache_index)
+    if not t5:
+      q = q * jnp.asarray(cfg.kv_dim ** -0.5, q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    if bias is not None:
+      logits = logits + bias
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    out = constrain(out, BTHD)
+    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
+    out = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, v), BTHD)
     out = dense((cfg.d_model,), ("heads", "kv"), ("embed",),
-                init_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5, name="out")(out)
-    out = nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+                init_std=kernel_std(cfg, inner, residual=True), name="out")(out)
     return constrain(out, BTE)
+
+  def _update_cache(self, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
+    """Writes this chunk's keys/values at `index` of the cache; returns the whole cache."""
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    if self.is_initializing():  # init(decode=True) only shapes the cache: its length is the input's.
+      return k, v
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, index, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, index, 0, 0))
+    return ck.value, cv.value
 
 
 class Mlp(nn.Module):
+  """wo(act(wi x)), or wo(act(wi_0 x) * wi_1 x) when gated (SwiGLU, T5 v1.1's gated GELU)."""
+
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     cfg = self.cfg
     dense = functools.partial(Dense, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    h = dense((cfg.d_ff,), ("embed",), ("mlp",), init_std=cfg.init_std, name="wi")(x)
-    h = constrain(ACTIVATIONS[cfg.activation](h), ("activation_batch", "activation_length", "activation_mlp"))
-    out = dense((cfg.d_model,), ("mlp",), ("embed",),
-                init_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5, name="wo")(h)
-    out = nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+    act = ACTIVATIONS[cfg.activation]
+    std = kernel_std(cfg, cfg.d_model)
+    if cfg.gated_mlp:
+      h = act(dense((cfg.d_ff,), ("embed",), ("mlp",), init_std=std, name="wi_0")(x))
+      h = h * dense((cfg.d_ff,), ("embed",), ("mlp",), init_std=std, name="wi_1")(x)
+    else:
+      h = act(dense((cfg.d_ff,), ("embed",), ("mlp",), init_std=std, name="wi")(x))
+    h = constrain(h, BTM)
+    if cfg.family == "encoder_decoder":  # T5 drops out the hidden activations too.
+      h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    out = dense((cfg.d_model,), ("mlp",), ("embed",), init_std=kernel_std(cfg, cfg.d_ff, residual=True),
+                name="wo")(h)
     return constrain(out, BTE)
 
 
@@ -159,3 +289,74 @@ class Embed(nn.Module):
   def attend(self, x: Array) -> Array:
     dt = dtype_of(self.dtype)
     return jnp.einsum("...d,vd->...v", x.astype(dt), self.embedding.astype(dt))
+
+
+class Block(nn.Module):
+  """One transformer block: self-attention, cross-attention (if `cross`), MLP; pre- or post-norm.
+
+  Pre-norm (GPT, T5): x + drop(f(norm(x))). Post-norm (BERT): norm(x + drop(f(x))). Call arguments are
+  positional so that the same block runs in a Python loop or under `nn.scan`.
+  """
+
+  cfg: ModelConfig
+  cross: bool = False
+  decode: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, mask, bias, positions, encoded, cross_mask, cache_index):
+    cfg = self.cfg
+    drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+
+    def sublayer(name: str, fn, x):
+      if cfg.norm_position == "post":
+        return norm(cfg, f"ln_{name}")(x + drop(fn(x)))
+      return x + drop(fn(norm(cfg, f"ln_{name}")(x)))
+
+    attn = Attention(cfg, decode=self.decode, name="attention")
+    x = sublayer("attention", lambda h: attn(h, h, mask, bias, positions, None, cache_index,
+                                             self.deterministic), x)
+    if self.cross:
+      cross = Attention(cfg, name="cross_attention")
+      x = sublayer("cross_attention", lambda h: cross(h, encoded, cross_mask, None, None, None, None,
+                                                      self.deterministic), x)
+    mlp = Mlp(cfg, name="mlp")
+    x = sublayer("mlp", lambda h: mlp(h, self.deterministic), x)
+    return constrain(x, BTE), None
+
+
+_REMAT_POLICIES = {
+    "full": None,  # Save nothing: recompute the whole block.
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Stack(nn.Module):
+  """`num_layers` blocks, as `block_0..block_{L-1}` or, with `cfg.scan_layers`, one scanned `blocks`
+  whose params carry a leading `layers` axis (see `bigjax.models.scan_params` to convert)."""
+
+  cfg: ModelConfig
+  num_layers: int
+  cross: bool = False
+  decode: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, mask=None, bias=None, positions=None, encoded=None, cross_mask=None,
+               cache_index=None):
+    cfg = self.cfg
+    block = Block
+    if cfg.remat_policy != "none":
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    kw = dict(cfg=cfg, cross=self.cross, decode=self.decode, deterministic=self.deterministic)
+    args = (mask, bias, positions, encoded, cross_mask, cache_index)
+    if cfg.scan_layers:
+      scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                        split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
+                        length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = scanned(**kw, name="blocks")(x, *args)
+      return x
+    for i in range(self.num_layers):
+      x, _ = block(**kw, name=f"block_{i}")(x, *args)
+    return x

@@ -5,6 +5,20 @@
       --config.train.steps=2000 --config.data.source=/data/*.txt --config.mesh.shape="(2,2,2)".
       Running the same command again resumes from the workdir's latest checkpoint.
 
+  bigjax convert --from_hf HF_DIR --workdir DIR      (Hugging Face → bigjax)
+  bigjax convert --workdir DIR --to_hf HF_DIR        (bigjax → Hugging Face)
+      Converts weights: a Hugging Face model directory (config.json + *.safetensors of GPT2LMHeadModel,
+      BertModel / BertForMaskedLM / BertForSequenceClassification, T5ForConditionalGeneration or
+      LlamaForCausalLM) into a new workdir that `bigjax train --config.train.init_from=DIR` fine-tunes
+      from and `bigjax decode` reads; or a workdir's latest params into a directory that transformers'
+      from_pretrained loads.
+
+  bigjax decode --workdir DIR --prompt "text" [--prompt "more" ...] [--max_new_tokens 64]
+         [--temperature 0 | --temperature 0.8 --top_k 40 --top_p 0.95 | --num_beams 4 --length_penalty 1]
+      Generates with a KV cache from a workdir (a run or a converted model) or --hf HF_DIR. Text is
+      tokenized with the workdir's tokenizer (or --tokenizer NAME); --prompt_ids "1,2,3" gives ids
+      instead. Decoders continue the prompt; encoder-decoders (T5) read it and write the answer.
+
   bigjax tokenizer train --source SOURCE --vocab_size N [--model_type unigram|bpe] --out FILE
       Trains a SentencePiece model on a source (pydoc_prose, stdlib_code, a path/glob, tfds:NAME).
 
@@ -23,6 +37,8 @@ from bigjax.config import ConfigError
 
 COMMANDS = {
     "train": "train or resume a run: --config FILE --workdir DIR [--config.a.b=value ...]",
+    "convert": "Hugging Face ⇄ bigjax weights: --from_hf HF_DIR --workdir DIR, or --workdir DIR --to_hf HF_DIR",
+    "decode": "generate text: --workdir DIR (or --hf HF_DIR) --prompt TEXT [sampling or beam flags]",
     "tokenizer": "tokenizer train: train a SentencePiece model (--source, --vocab_size, --model_type, --out)",
 }
 
@@ -40,10 +56,39 @@ _VOCAB = flags.DEFINE_integer("vocab_size", 8192, "tokenizer train: vocabulary s
 _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "tokenizer train: algorithm.")
 _OUT = flags.DEFINE_string("out", None, "tokenizer train: where to write the .model file.")
 _MAX_SENTENCES = flags.DEFINE_integer("max_sentences", 2_000_000, "tokenizer train: lines sampled for training.")
+_FROM_HF = flags.DEFINE_string("from_hf", None, "convert: Hugging Face model directory to read.")
+_TO_HF = flags.DEFINE_string("to_hf", None, "convert: directory to write a Hugging Face model into.")
+_HF = flags.DEFINE_string("hf", None, "decode: a Hugging Face model directory to decode with (instead of --workdir).")
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "decode: prompt text (repeat for a batch).")
+_PROMPT_IDS = flags.DEFINE_multi_string("prompt_ids", [], "decode: prompt as comma-separated token ids.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "decode: tokenizer (a SentencePiece .model or 'byte'); "
+                                 "default: the workdir's data.tokenizer, or the HF directory's spiece.model.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "decode: tokens to generate after each prompt.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "decode: sampling temperature (0 = greedy).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "decode: sample among the k most likely tokens (0 = all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "decode: sample from the smallest set with this much probability.")
+_NUM_BEAMS = flags.DEFINE_integer("num_beams", 1, "decode: beam search with this many beams (1 = no beam).")
+_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "decode: beam score = log p / length**this.")
+_SEED = flags.DEFINE_integer("seed", 0, "decode: sampling seed.")
 
 
-def usage() -> str:
-  lines = [__doc__.strip(), "", "Commands:"]
+# The flags each command reads (for `bigjax COMMAND --help`).
+_COMMAND_FLAGS = {
+    "train": ("config", "workdir"),
+    "convert": ("from_hf", "to_hf", "workdir"),
+    "decode": ("workdir", "hf", "prompt", "prompt_ids", "tokenizer", "max_new_tokens", "temperature", "top_k",
+               "top_p", "num_beams", "length_penalty", "seed"),
+    "tokenizer": ("source", "split", "text_key", "vocab_size", "model_type", "out", "max_sentences"),
+}
+
+
+def usage(command: str | None = None) -> str:
+  if command in COMMANDS:
+    blocks = __doc__.strip().split("\n\n")
+    text = [b for b in blocks if b.lstrip().startswith(f"bigjax {command}")]
+    flag_lines = [f"  --{name}: {FLAGS[name].help}" for name in _COMMAND_FLAGS[command]]
+    return "\n\n".join(text) + "\n\nFlags:\n" + "\n".join(flag_lines)
+  lines = [__doc__.strip(), "", "Commands (bigjax COMMAND --help for one):"]
   lines += [f"  {name:10s} {text}" for name, text in COMMANDS.items()]
   lines += ["", "Flags:", FLAGS.module_help(sys.modules[__name__])]
   return "\n".join(lines)
@@ -57,7 +102,7 @@ def fail(msg: str) -> None:
 def _parse(argv: list[str]) -> list[str]:
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help", "--helpfull") or \
       any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
-    print(usage())
+    print(usage(argv[1] if len(argv) > 1 else None))
     sys.exit(0)
   try:
     rest = FLAGS(argv)
@@ -97,6 +142,51 @@ def _train(args: list[str]) -> None:
   train.train(config, _WORKDIR.value)
 
 
+def _convert(args: list[str]) -> None:
+  if args:
+    fail(f"unexpected arguments {args}; usage: bigjax convert --from_hf HF_DIR --workdir DIR "
+         "| --workdir DIR --to_hf HF_DIR")
+  if not _WORKDIR.value or bool(_FROM_HF.value) == bool(_TO_HF.value):
+    fail("convert needs --workdir DIR and exactly one of --from_hf HF_DIR (into the workdir) or "
+         "--to_hf HF_DIR (out of it)")
+  from bigjax import convert  # pylint: disable=g-import-not-at-top
+  if _FROM_HF.value:
+    cfg, params = convert.from_hf(_FROM_HF.value)
+    convert.to_workdir(cfg, params, _WORKDIR.value, source=_FROM_HF.value)
+    print(f"bigjax: converted {_FROM_HF.value} ({cfg.family}, {_count(params):,} params) into {_WORKDIR.value}; "
+          f"fine-tune with --config.train.init_from={_WORKDIR.value}")
+  else:
+    cfg, params = convert.from_workdir(_WORKDIR.value)
+    convert.to_hf(cfg, params, _TO_HF.value)
+    print(f"bigjax: wrote {_TO_HF.value} ({cfg.family}, {_count(params):,} params) from {_WORKDIR.value}")
+
+
+def _count(params) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def _decode(args: list[str]) -> None:
+  if args:
+    fail(f"unexpected arguments {args}; usage: bigjax decode --workdir DIR --prompt TEXT")
+  if bool(_WORKDIR.value) == bool(_HF.value):
+    fail("decode needs exactly one of --workdir DIR (a run or a converted model) or --hf HF_DIR")
+  if not _PROMPT.value and not _PROMPT_IDS.value:
+    fail("decode needs --prompt TEXT (or --prompt_ids 1,2,3)")
+  if _MAX_NEW.value <= 0 or _NUM_BEAMS.value <= 0:
+    fail(f"--max_new_tokens={_MAX_NEW.value} and --num_beams={_NUM_BEAMS.value} must be positive")
+  if not 0.0 < _TOP_P.value <= 1.0 or _TOP_K.value < 0 or _TEMPERATURE.value < 0:
+    fail(f"--top_p={_TOP_P.value} must be in (0, 1], --top_k={_TOP_K.value} and "
+         f"--temperature={_TEMPERATURE.value} >= 0")
+  if _NUM_BEAMS.value > 1 and _TEMPERATURE.value > 0:
+    fail("--num_beams > 1 is deterministic beam search; leave --temperature at 0")
+  from bigjax import decode  # pylint: disable=g-import-not-at-top
+  decode.main(workdir=_WORKDIR.value, hf=_HF.value, prompts=_PROMPT.value, prompt_ids=_PROMPT_IDS.value,
+              tokenizer=_TOKENIZER.value, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
+              top_k=_TOP_K.value, top_p=_TOP_P.value, num_beams=_NUM_BEAMS.value,
+              length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value)
+
+
 def _tokenizer(args: list[str]) -> None:
   if args != ["train"]:
     fail(f"usage: bigjax tokenizer train --source SOURCE --vocab_size N --out FILE (got {args})")
@@ -116,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
   if command not in COMMANDS:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (bigjax --help)")
   try:
-    {"train": _train, "tokenizer": _tokenizer}[command](args)
+    {"train": _train, "convert": _convert, "decode": _decode, "tokenizer": _tokenizer}[command](args)
   except ConfigError as e:
     fail(str(e))
   except KeyboardInterrupt:

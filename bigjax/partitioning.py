@@ -33,6 +33,10 @@ RULES: tuple[tuple[str, object], ...] = (
     ("kv", None),
     ("mlp", "tensor"),
     ("length", None),
+    ("relpos", None),  # T5's relative-position buckets.
+    ("labels", None),  # Classifier outputs.
+    ("segments", None),  # BERT's token types.
+    ("layers", None),  # The stacked axis of scanned blocks.
     # Activations.
     ("activation_batch", BATCH_AXES),
     ("activation_length", None),

@@ -71,6 +71,9 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> dic
     old = json.loads(path.read_text())
   except (json.JSONDecodeError, OSError) as e:
     raise ConfigError(f"--workdir={workdir}: config.json is unreadable ({e}); use a new workdir") from None
+  if "converted_from" in old:
+    raise ConfigError(f"--workdir={workdir} holds a model converted from {old['converted_from']}, not a run; "
+                      f"train in a new --workdir with --config.train.init_from={workdir}")
   new_flat, old_flat = _flat(json.loads(config.to_json_best_effort())), _flat(old)
   for key in sorted(set(new_flat) | set(old_flat)):
     if any(key == p or key.startswith(p + ".") for p in _PINNED):
@@ -186,9 +189,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   schedule = optim.schedule(config)
   seq_len = config.data.seq_len
 
+  example_batch = data.train.batch(0)
+
   def init_state(rng):
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    params = module.init(rng, ids)["params"]
+    params = init_params(module, example_batch, rng)
     return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
 
   with partitioning.activate(mesh, rules):
@@ -214,7 +218,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       state = init(jax.random.PRNGKey(config.train.seed))
       source = "scratch"
       if config.train.init_from:
-        state = state.replace(params=load_params(config.train.init_from, abstract.params, state_sh.params))
+        state = state.replace(params=load_params(config.train.init_from, mcfg, state.params, state_sh.params))
         source = f"init_from {config.train.init_from} (params only, fresh optimizer)"
   start = int(state.step)
   # Written only once the state exists, so that a failed start leaves no config pinning the workdir.
@@ -224,7 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   log(f"bigjax: {mcfg.family} with {n_params:,} params; mesh {dict(mesh.shape)} on {jax.device_count()} "
       f"{jax.devices()[0].platform} device(s), {pc} process(es)")
   log(f"bigjax: data {config.data.source} ({len(data.train_tokens):,} train tokens, tokenizer {tok.name} "
-      f"with {tok.vocab_size} ids); batch {config.data.batch_size} x {seq_len}")
+      f"with {tok.vocab_size} ids); {data.objective.name}, batch {config.data.batch_size} x {seq_len}")
   log(f"bigjax: state from {source}; training steps {start} → {config.train.steps} in {workdir}")
 
   # Step functions, compiled ahead of time.
@@ -241,10 +245,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     log(f"bigjax: compiled train and eval steps in {time.time() - t0:.1f}s")
 
   # Eval constants: unigram floor and bytes per eval set (on the global eval batches).
-  unigram = pipeline.unigram_log_probs(data.train_tokens, tok.vocab_size)
+  # Special ids of the objective (sentinels, [MASK]) stand for no bytes of text.
+  unigram = pipeline.unigram_log_probs(data.train_tokens, mcfg.vocab_size)
+  byte_lengths = np.zeros(mcfg.vocab_size, np.int64)
+  byte_lengths[:tok.vocab_size] = tok.byte_lengths()
   ref = pipeline.eval_reference(
-      pipeline.eval_batches(data.eval_windows, global_batch=config.data.batch_size,
-                            num_batches=config.data.eval_batches), unigram, tok.byte_lengths())
+      pipeline.eval_batches(data.eval_windows, data.objective, global_batch=config.data.batch_size,
+                            num_batches=config.data.eval_batches, seed=config.train.seed),
+      unigram, byte_lengths)
 
   writer = MetricsWriter(workdir)
   sampler = make_sampler(module, config.train.sample_temperature, config.train.sample_top_k,
@@ -268,6 +276,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return m
 
   def write_samples(step: int) -> None:
+    if mcfg.family != "decoder":  # Samples continue text: only language models write them.
+      return
     n = min(config.train.num_samples, len(data.eval[0]["inputs"]))
     sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
     if n <= 0 or sample_len <= 0:
@@ -345,36 +355,78 @@ def make_sampler(module, temperature: float, top_k: int, eos_id: int, pad_id: in
   return jax.jit(run)
 
 
-def load_params(init_from: str, abstract_params, shardings):
-  """Params of the latest checkpoint in another workdir, checked against this model's shapes."""
+def init_params(module, batch, rng):
+  """The module's params for a batch's shapes (the model's call arguments are the batch's keys)."""
+  one = {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in batch.items()}
+  return module.init(rng, one["inputs"], **model_inputs(one))["params"]
+
+
+def _flatten(tree) -> dict[str, Any]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _unflatten(flat: dict[str, Any]) -> dict:
+  out: dict = {}
+  for name, leaf in flat.items():
+    node = out
+    *parents, last = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return out
+
+
+def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any]]:
+  """(description, flat params as host arrays or Orbax metadata) of a workdir or a Hugging Face model dir."""
   src = epath.Path(init_from)
   if not (src / "config.json").exists():
-    raise ConfigError(f"train.init_from={init_from!r}: not a bigjax workdir (no config.json)")
-  other = ml_collections.ConfigDict(json.loads((src / "config.json").read_text()))
-  other_ckpt = ckpt_lib.Checkpointer(str(src))
-  step = other_ckpt.latest_step()
+    raise ConfigError(f"train.init_from={init_from!r}: neither a bigjax workdir nor a Hugging Face model "
+                      "directory (no config.json)")
+  if "model_type" in json.loads((src / "config.json").read_text()):
+    from bigjax import convert  # pylint: disable=g-import-not-at-top
+    _, params = convert.from_hf(init_from)
+    return "a Hugging Face model", _flatten(models.to_layout(mcfg, params))
+  other = ckpt_lib.Checkpointer(str(src))
+  step = other.latest_step()
   if step is None:
     raise ConfigError(f"train.init_from={init_from!r}: the workdir has no complete checkpoint")
-  other_module = models.build(config_lib.model_config(other))
-  other_tx = optim.make(other)
+  stored = other.param_metadata(step)
+  other_cfg = config_lib.model_config(ml_collections.ConfigDict(json.loads((src / "config.json").read_text())))
+  if other_cfg.scan_layers != mcfg.scan_layers:  # Restore in the stored layout, then convert on the host.
+    host = other.restore_params(step, stored)
+    other.close()
+    return f"step {step} of that workdir", _flatten(models.to_layout(mcfg, jax.device_get(host)))
+  other.close()
+  return f"step {step} of that workdir", {**_flatten(stored), "__checkpoint__": (src, step)}
 
-  def other_init(rng):
-    params = other_module.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
-    return TrainState(jnp.zeros([], jnp.int32), params, other_tx.init(params))
 
-  other_abstract = partitioning.unbox(jax.eval_shape(other_init, jax.random.PRNGKey(0)))
-  want = jax.tree_util.tree_leaves_with_path(abstract_params)
-  have = dict(jax.tree_util.tree_leaves_with_path(other_abstract.params))
-  for path, leaf in want:
-    name = jax.tree_util.keystr(path)
-    if path not in have:
-      raise ConfigError(f"train.init_from={init_from!r}: the checkpoint has no parameter {name}")
-    if have[path].shape != leaf.shape:
-      raise ConfigError(f"train.init_from={init_from!r}: parameter {name} has shape {have[path].shape} "
-                        f"there but {leaf.shape} here")
-  # Restore the other run's whole state onto this mesh (params sharded like ours), keep its params.
-  rep = partitioning.replicated(jax.tree_util.tree_leaves(shardings)[0].mesh)
-  other_sh = TrainState(rep, shardings, jax.tree_util.tree_map(lambda _: rep, other_abstract.opt_state))
-  restored, _ = other_ckpt.restore(step, ckpt_lib.abstract_with_shardings(other_abstract, other_sh))
-  other_ckpt.close()
-  return restored.params
+def load_params(init_from: str, mcfg, fresh_params, shardings):
+  """`fresh_params` with every parameter that `init_from` (a workdir or a HF model dir) also has replaced
+  by its value there. Parameters only here (a new head) keep their fresh values, parameters only there
+  are left out; both are logged. A parameter whose shape differs is an error naming it."""
+  what, theirs = _params_from(init_from, mcfg)
+  checkpoint = theirs.pop("__checkpoint__", None)
+  ours, sh = _flatten(fresh_params), _flatten(shardings)
+  for name, leaf in ours.items():
+    if name in theirs and tuple(theirs[name].shape) != tuple(leaf.shape):
+      raise ConfigError(f"train.init_from={init_from!r}: parameter {name} has shape {tuple(theirs[name].shape)} "
+                        f"there but {tuple(leaf.shape)} here")
+  common = [n for n in ours if n in theirs]
+  if not common:
+    raise ConfigError(f"train.init_from={init_from!r}: no parameter there has a name used here "
+                      f"(here: {', '.join(list(ours)[:3])}, ...)")
+  if checkpoint is not None:  # Read just the common parameters, each straight into its sharding.
+    src, step = checkpoint
+    target = {n: jax.ShapeDtypeStruct(ours[n].shape, ours[n].dtype, sharding=sh[n]) for n in common}
+    other = ckpt_lib.Checkpointer(str(src))
+    loaded = _flatten(other.restore_params(step, _unflatten(target)))
+    other.close()
+  else:
+    loaded = {n: jax.device_put(np.asarray(theirs[n], ours[n].dtype), sh[n]) for n in common}
+  fresh = [n for n in ours if n not in theirs]
+  dropped = [n for n in theirs if n not in ours]
+  log(f"bigjax: init_from {init_from} ({what}): {len(common)} parameters loaded"
+      + (f"; freshly initialised: {', '.join(fresh)}" if fresh else "")
+      + (f"; not used here: {', '.join(dropped[:6])}{' ...' if len(dropped) > 6 else ''}" if dropped else ""))
+  return _unflatten({n: loaded.get(n, leaf) for n, leaf in ours.items()})

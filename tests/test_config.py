@@ -19,7 +19,7 @@ def test_defaults_and_quickstart_validate():
 
 @pytest.mark.parametrize("key,value,match", [
     ("data.seq_len", 4096, r"data.seq_len=4096 is longer than model.max_len=1024"),
-    ("model.family", "rnn", r"model.family='rnn': allowed values are 'decoder'"),
+    ("model.family", "rnn", r"model.family='rnn': allowed values are 'encoder', 'decoder', 'encoder_decoder'"),
     ("model.num_heads", 3, r"model.d_model=256 is not divisible by model.num_heads=3"),
     ("model.dtype", "float8", r"model.dtype='float8'"),
     ("train.steps", 0, r"train.steps=0: must be a positive integer"),

@@ -27,7 +27,7 @@ def test_every_param_has_logical_axis_names(model_and_params):
     assert len(x.names) == x.value.ndim
   emb = boxed["token_embed"]["embedding"]
   assert emb.names == ("vocab", "embed") and emb.value.shape == (97, 32)
-  assert boxed["block_0"]["attention"]["query"]["kernel"].names == ("embed", "heads", "kv")
+  assert boxed["decoder"]["block_0"]["attention"]["query"]["kernel"].names == ("embed", "heads", "kv")
 
 
 def test_param_count_matches_gpt2_formula(model_and_params):

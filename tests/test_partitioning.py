@@ -42,8 +42,8 @@ def test_rules_shard_params_over_fsdp_and_tensor():
   abstract = _abstract(cfg)
   sh = partitioning.logical_shardings(abstract, mesh)
   assert sh["token_embed"]["embedding"].spec == P("tensor", "fsdp")
-  assert sh["block_0"]["attention"]["query"]["kernel"].spec == P("fsdp", "tensor", None)
-  assert sh["block_0"]["mlp"]["wo"]["kernel"].spec == P("tensor", "fsdp")
+  assert sh["decoder"]["block_0"]["attention"]["query"]["kernel"].spec == P("fsdp", "tensor", None)
+  assert sh["decoder"]["block_0"]["mlp"]["wo"]["kernel"].spec == P("tensor", "fsdp")
   partitioning.check_divisible(abstract, sh)
   # Sharded state really lands in pieces: each device holds 1/(fsdp*tensor) of the embedding.
   with partitioning.activate(mesh):
@@ -59,5 +59,5 @@ def test_indivisible_dimension_is_named_before_compiling():
   cfg = config_lib.ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=3, head_dim=8, d_ff=64, max_len=8)
   mesh = partitioning.make_mesh((1, 1, 8))
   abstract = _abstract(cfg)
-  with pytest.raises(ConfigError, match=r"param block_0/attention/\w+/\w+ has a dimension of 3 .*\('tensor',\) \(size 8\)"):
+  with pytest.raises(ConfigError, match=r"param decoder/block_0/attention/\w+/\w+ has a dimension of 3 .*\('tensor',\) \(size 8\)"):
     partitioning.check_divisible(abstract, partitioning.logical_shardings(abstract, mesh))

@@ -5,13 +5,21 @@ import pytest
 
 from conftest import tiny_config
 from bigjax.config import ConfigError
+from bigjax.data import objectives
 from bigjax.data import pipeline
 from bigjax.data import tokenizer as tokenizer_lib
 
 
-def make_stream(n_tokens=1000, seq_len=8, batch=4, seed=0, **kw):
+def causal_windows(tokens, seq_len):
+  lm = objectives.CausalLM(seq_len)
+  return pipeline.Windows(tokens, lm.window, lm.stride), lm
+
+
+def make_stream(n_tokens=1000, seq_len=8, batch=4, seed=0, objective=None, **kw):
   tokens = np.arange(n_tokens, dtype=np.int32)
-  return pipeline.TrainStream(pipeline.Windows(tokens, seq_len), global_batch=batch, seed=seed, **kw)
+  objective = objective or objectives.CausalLM(seq_len)
+  windows = pipeline.Windows(tokens, objective.window, objective.stride)
+  return pipeline.TrainStream(windows, objective, global_batch=batch, seed=seed, **kw)
 
 
 def test_windows_are_shifted_targets_of_contiguous_text():
@@ -52,25 +60,28 @@ def test_iterator_equals_pure_function_of_step():
       np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_processes_take_disjoint_rows_whose_union_is_the_global_batch():
-  whole = make_stream(batch=8)
-  parts = [make_stream(batch=8, process_index=p, process_count=4) for p in range(4)]
+@pytest.mark.parametrize("objective", [None, objectives.MaskedLM(16, 2000),
+                                       objectives.SpanCorruption(24, 2000, eos_id=1, pad_id=0)])
+def test_processes_take_disjoint_rows_whose_union_is_the_global_batch(objective):
+  whole = make_stream(batch=8, objective=objective)
+  parts = [make_stream(batch=8, process_index=p, process_count=4, objective=objective) for p in range(4)]
   for step in (0, 3, 40):
-    union = np.concatenate([p.batch(step)["inputs"] for p in parts])
-    np.testing.assert_array_equal(union, whole.batch(step)["inputs"])
+    want = whole.batch(step)
+    for key in want:  # Masks and spans too: each example's randomness is its own.
+      np.testing.assert_array_equal(np.concatenate([p.batch(step)[key] for p in parts]), want[key])
   with pytest.raises(ConfigError, match="batch_size=8 does not divide over 3 processes"):
     make_stream(batch=8, process_count=3)
 
 
 def test_eval_batches_cover_each_window_once_with_zero_weight_padding():
-  w = pipeline.Windows(np.arange(8 * 10 + 1, dtype=np.int32), 8)  # 10 windows, batch 4 → 3 batches.
-  batches = pipeline.eval_batches(w, global_batch=4, num_batches=0)
+  w, lm = causal_windows(np.arange(8 * 10 + 1, dtype=np.int32), 8)  # 10 windows, batch 4 → 3 batches.
+  batches = pipeline.eval_batches(w, lm, global_batch=4, num_batches=0)
   assert len(batches) == 3
   weights = np.concatenate([b["weights"][:, 0] for b in batches])
   np.testing.assert_array_equal(weights, [1] * 10 + [0] * 2)
   starts = np.concatenate([b["inputs"][:, 0] for b in batches])[:10]
   np.testing.assert_array_equal(starts, np.arange(10) * 8)
-  two = pipeline.eval_batches(w, global_batch=4, num_batches=2, process_index=1, process_count=2)
+  two = pipeline.eval_batches(w, lm, global_batch=4, num_batches=2, process_index=1, process_count=2)
   np.testing.assert_array_equal(two[0]["inputs"][:, 0], [16, 24])
 
 
@@ -105,3 +116,12 @@ def test_build_tokenizes_and_caches_a_local_file(text_file):
 def test_tokenizer_larger_than_model_vocab_is_refused(text_file):
   with pytest.raises(ConfigError, match=r"259 ids, more than model.vocab_size=100"):
     pipeline.build(tiny_config(text_file, **{"model.vocab_size": 100}))
+  # Span corruption needs T5's 100 sentinel ids on top of the tokenizer's.
+  with pytest.raises(ConfigError, match=r"259 ids plus 100 special ids of span_corruption, more than "
+                     r"model.vocab_size=264; raise model.vocab_size to at least 359"):
+    pipeline.build(tiny_config(text_file, **{"model.family": "encoder_decoder", "model.positions": "relative"}))
+
+
+def test_objective_must_suit_the_family(text_file):
+  with pytest.raises(ConfigError, match=r"data.objective='masked_lm' does not train model.family='decoder'"):
+    pipeline.build(tiny_config(text_file, **{"data.objective": "masked_lm"}))

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from bigjax.config import ConfigError
+from bigjax.data import objectives
 from bigjax.data import quiet_native_stderr
 from bigjax.data import sources
 from bigjax.data import tokenizer as tokenizer_lib
@@ -74,32 +75,38 @@ def tokenize_split(source: str, split: str, tok, *, data_dir: str = "", text_key
 
 @dataclasses.dataclass
 class Windows:
-  """A token stream cut into `count` windows of `seq_len + 1` tokens (stride `seq_len`)."""
+  """A token stream cut into `count` windows of `size` tokens, `stride` apart (the causal LM's windows
+  overlap by one token: inputs and targets shifted by one)."""
 
   tokens: np.ndarray
-  seq_len: int
+  size: int
+  stride: int
 
   @property
   def count(self) -> int:
-    return max(0, (len(self.tokens) - 1) // self.seq_len)
+    return max(0, (len(self.tokens) - self.size) // self.stride + 1) if len(self.tokens) >= self.size else 0
 
   def gather(self, idx: np.ndarray) -> np.ndarray:
-    offsets = idx.astype(np.int64)[:, None] * self.seq_len + np.arange(self.seq_len + 1)
+    offsets = idx.astype(np.int64)[:, None] * self.stride + np.arange(self.size)
     return np.asarray(self.tokens[offsets], np.int32)
 
 
-def _as_batch(x: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-  return {"inputs": x[:, :-1], "targets": x[:, 1:], "weights": weights}
+def _rngs(seed: int, stream: int, examples: np.ndarray) -> list[np.random.Generator]:
+  """One Generator per example, from (seed, stream, the example's global index); stream 0 = train, 1 = eval."""
+  return [np.random.default_rng([seed, stream, int(g)]) for g in examples]
 
 
 class TrainStream:
   """The training batches of one process, as a pure function of the step."""
 
-  def __init__(self, windows: Windows, *, global_batch: int, seed: int,
+  def __init__(self, windows: Windows, objective, *, global_batch: int, seed: int,
                process_index: int = 0, process_count: int = 1):
     if windows.count == 0:
-      raise ConfigError(f"data.seq_len={windows.seq_len}: the train split has only "
-                        f"{len(windows.tokens)} tokens, fewer than one window")
+      raise ConfigError(f"data.seq_len={objective.seq_len}: the train split has only "
+                        f"{len(windows.tokens)} tokens, fewer than one {objective.name} example "
+                        f"({windows.size} tokens)")
+    self.objective = objective
+    self.process_index = process_index
     if global_batch % process_count:
       raise ConfigError(f"data.batch_size={global_batch} does not divide over {process_count} processes")
     self.windows = windows
@@ -112,9 +119,13 @@ class TrainStream:
   def _permutation(self, epoch: int) -> np.ndarray:
     return np.random.default_rng([self.seed, epoch]).permutation(self.windows.count)
 
+  def examples(self, step: int) -> np.ndarray:
+    """Global example indices of this process's rows of the batch at `step`."""
+    return step * self.global_batch + self.row0 + np.arange(self.local_batch, dtype=np.int64)
+
   def indices(self, step: int) -> np.ndarray:
     """Window indices of this process's rows of the batch at `step`."""
-    g = step * self.global_batch + self.row0 + np.arange(self.local_batch, dtype=np.int64)
+    g = self.examples(step)
     n = self.windows.count
     epochs, pos = g // n, g % n
     out = np.empty_like(g)
@@ -125,42 +136,44 @@ class TrainStream:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     x = self.windows.gather(self.indices(step))
-    return _as_batch(x, np.ones(x[:, 1:].shape, np.float32))
+    return objectives.batch(self.objective, x, _rngs(self.seed, 0, self.examples(step)))
 
   def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """Batches for steps start_step, start_step + 1, ... prepared ahead by tf.data."""
-    b, l = self.local_batch, self.windows.seq_len
+    example = self.batch(start_step)
+    keys = sorted(example)
+    specs = [tf.TensorSpec(example[k].shape, tf.as_dtype(example[k].dtype)) for k in keys]
 
     def make(step):
-      x = self.windows.gather(self.indices(int(step)))
-      return x[:, :-1], x[:, 1:]
+      b = self.batch(int(step))
+      return tuple(b[k] for k in keys)
 
     ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-    ds = ds.map(lambda s: tf.numpy_function(make, [s], (tf.int32, tf.int32), stateful=False),
+    ds = ds.map(lambda s: tf.numpy_function(make, [s], [sp.dtype for sp in specs], stateful=False),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda i, t: {"inputs": tf.ensure_shape(i, [b, l]), "targets": tf.ensure_shape(t, [b, l]),
-                              "weights": tf.ones([b, l], tf.float32)})
+    ds = ds.map(lambda *xs: {k: tf.ensure_shape(x, sp.shape) for k, x, sp in zip(keys, xs, specs)})
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def eval_batches(windows: Windows, *, global_batch: int, num_batches: int,
+def eval_batches(windows: Windows, objective, *, global_batch: int, num_batches: int, seed: int = 0,
                  process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
   """The first `num_batches` global batches of eval windows in order (0 = all), this process's rows.
 
-  The last batch is filled with weight-0 rows, so every window counts exactly once.
+  The objective's randomness (masks, spans) is fixed per eval batch, so every eval sees the same
+  examples. The last batch is filled with weight-0 rows, so every window counts exactly once.
   """
   total = windows.count if num_batches == 0 else min(windows.count, num_batches * global_batch)
   if total == 0:
-    raise ConfigError(f"data.seq_len={windows.seq_len}: the eval split has only {len(windows.tokens)} "
-                      "tokens, fewer than one window")
+    raise ConfigError(f"data.seq_len={objective.seq_len}: the eval split has only {len(windows.tokens)} "
+                      f"tokens, fewer than one {objective.name} example ({windows.size} tokens)")
   local = global_batch // process_count
   out = []
   for start in range(0, total, global_batch):
     rows = np.arange(start + process_index * local, start + (process_index + 1) * local)
     valid = rows < total
-    x = windows.gather(np.where(valid, rows, 0))
-    w = np.broadcast_to(valid[:, None], x[:, 1:].shape).astype(np.float32)
-    out.append(_as_batch(x, w))
+    batch = objectives.batch(objective, windows.gather(np.where(valid, rows, 0)), _rngs(seed, 1, rows))
+    batch["weights"] = batch["weights"] * valid.reshape((-1,) + (1,) * (batch["weights"].ndim - 1))
+    out.append(batch)
   return out
 
 
@@ -169,28 +182,40 @@ class Data:
   """Everything the trainer needs from the data side of a config."""
 
   tokenizer: object
+  objective: object
   train: TrainStream
   eval: list
   train_tokens: np.ndarray
   eval_windows: Windows
 
 
+def objective_name(config) -> str:
+  """`data.objective`, or the family's own objective when it is empty."""
+  from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  family = config_lib.model_config(config).family
+  name = config.data.objective or objectives.default_for(family)
+  objectives.check_family(name, family)
+  return name
+
+
 def build(config, process_index: int = 0, process_count: int = 1) -> Data:
   d = config.data
   tok = tokenizer_lib.load(d.tokenizer)
-  vocab = config.model.vocab_size
-  if tok.vocab_size > vocab:
-    raise ConfigError(f"data.tokenizer={d.tokenizer!r} has {tok.vocab_size} ids, more than "
-                      f"model.vocab_size={vocab}; raise model.vocab_size to at least {tok.vocab_size}")
+  objective = objectives.make(objective_name(config), d.seq_len, tok)
+  vocab, needed = config.model.vocab_size, objectives.vocab_size(objective, tok)
+  if needed > vocab:
+    extra = f" plus {objective.extra_ids} special ids of {objective.name}" if objective.extra_ids else ""
+    raise ConfigError(f"data.tokenizer={d.tokenizer!r} has {tok.vocab_size} ids{extra}, more than "
+                      f"model.vocab_size={vocab}; raise model.vocab_size to at least {needed}")
   train_tokens = tokenize_split(d.source, d.train_split, tok, data_dir=d.data_dir, text_key=d.text_key)
   eval_tokens = tokenize_split(d.source, d.eval_split, tok, data_dir=d.data_dir, text_key=d.text_key)
-  train_windows = Windows(train_tokens, d.seq_len)
-  eval_windows = Windows(eval_tokens, d.seq_len)
-  stream = TrainStream(train_windows, global_batch=d.batch_size, seed=config.train.seed,
+  train_windows = Windows(train_tokens, objective.window, objective.stride)
+  eval_windows = Windows(eval_tokens, objective.window, objective.stride)
+  stream = TrainStream(train_windows, objective, global_batch=d.batch_size, seed=config.train.seed,
                        process_index=process_index, process_count=process_count)
-  evals = eval_batches(eval_windows, global_batch=d.batch_size, num_batches=d.eval_batches,
-                       process_index=process_index, process_count=process_count)
-  return Data(tok, stream, evals, train_tokens, eval_windows)
+  evals = eval_batches(eval_windows, objective, global_batch=d.batch_size, num_batches=d.eval_batches,
+                       seed=config.train.seed, process_index=process_index, process_count=process_count)
+  return Data(tok, objective, stream, evals, train_tokens, eval_windows)
 
 
 def unigram_log_probs(tokens: np.ndarray, vocab_size: int) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""GPT-2 style decoder: learned positions, pre-LayerNorm blocks, GELU MLP, tied output embedding."""
+"""Decoder-only language model: GPT-2 by default (learned positions, pre-LayerNorm, GELU, tied output),
+and the options research decoders use now (rotary positions, RMSNorm, SwiGLU, no biases, untied output:
+a Llama-style model is `positions="rotary", norm="rmsnorm", activation="silu", gated_mlp=True,
+use_bias=False, tie_embeddings=False`).
+"""
 
 from __future__ import annotations
 
@@ -9,48 +13,58 @@ from bigjax import layers
 from bigjax.config import ModelConfig
 
 
-class DecoderBlock(nn.Module):
-  cfg: ModelConfig
+def decode_position(module: nn.Module, n: int):
+  """In decode mode: (index, cache length) from the module's "cache" collection; advances the index.
 
-  @nn.compact
-  def __call__(self, x, mask, deterministic: bool = True):
-    cfg = self.cfg
-    ln = lambda name: layers.LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)
-    x = x + layers.SelfAttention(cfg, name="attention")(ln("ln_attention")(x), mask, deterministic)
-    x = x + layers.Mlp(cfg, name="mlp")(ln("ln_mlp")(x), deterministic)
-    return layers.constrain(x, layers.BTE)
+  `slots` holds the cache's positions 0..L-1: its static shape says how long the cache is (set by
+  `init(..., decode=True)` with an input of that length).
+  """
+  index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+  slots = module.variable("cache", "slots", lambda: jnp.arange(n, dtype=jnp.int32))
+  start = index.value
+  if not module.is_initializing():
+    index.value = start + n
+  return start, slots.value.shape[0]
 
 
 class Decoder(nn.Module):
   """`apply({"params": p}, input_ids, attention_mask=m)` → logits `[batch, length, vocab]` (float32).
 
   `attention_mask` `[batch, length]` is 1 for real tokens and 0 for padding; padded keys are never
-  attended to. `positions` (default 0..length-1) index the learned position table.
+  attended to. `positions` (default 0..length-1) index the learned table or set the rotary angles.
+  With `decode=True` the call processes the next tokens after those already in the "cache" collection
+  (see `bigjax.models.step_fn`).
   """
 
   cfg: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, positions=None, deterministic: bool = True):
     cfg = self.cfg
-    b, length = input_ids.shape
+    b, n = input_ids.shape
     tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
                           cfg.dtype, cfg.param_dtype, name="token_embed")
-    pos_table = layers.Embed(cfg.max_len, cfg.d_model, ("length", "embed"), 0.01,
-                             cfg.dtype, cfg.param_dtype, name="position_embed")
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length), (b, length))
-    x = tokens(input_ids) + pos_table(positions)
+    if self.decode:
+      index, kv_len = decode_position(self, n)
+      positions = jnp.broadcast_to(index + jnp.arange(n), (b, n))
+      mask = layers.causal_mask(n, kv_len, offset=index)[None, None]
+    else:
+      index = None
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(n), (b, n))
+      mask = layers.causal_mask(n)[None, None]
+    mask = layers.combine_masks(mask, None if self.decode else layers.padding_mask(attention_mask))
+
+    x = tokens(input_ids)
+    if cfg.positions == "learned":
+      x = x + layers.Embed(cfg.max_len, cfg.d_model, ("length", "embed"), 0.01,
+                           cfg.dtype, cfg.param_dtype, name="position_embed")(positions)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BTE)
-
-    mask = layers.causal_mask(length)[None, None]
-    if attention_mask is not None:
-      mask = jnp.logical_and(mask, attention_mask.astype(jnp.bool_)[:, None, None, :])
-
-    for i in range(cfg.num_layers):
-      x = DecoderBlock(cfg, name=f"block_{i}")(x, mask, deterministic)
-    x = layers.LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name="ln_final")(x)
+    x = layers.Stack(cfg, cfg.num_layers, decode=self.decode, deterministic=deterministic, name="decoder")(
+        x, mask, None, positions, None, None, index)
+    x = layers.norm(cfg, "ln_final")(x)
     if cfg.tie_embeddings:
       logits = tokens.attend(x)
     else:

@@ -1,0 +1,179 @@
+"""Llama (`LlamaForCausalLM`, `LlamaModel`) ⇄ bigjax decoder (rotary positions, RMSNorm, SwiGLU, no biases).
+
+Hugging Face's Llama is the reference for the decoder's research options, so this converter is also their
+exactness test. Its q_proj/k_proj rows are stored in the rotate-half layout that `bigjax.layers.rotary`
+uses, so they load as they are (no permutation). Not supported, and refused by name: grouped-query
+attention (num_key_value_heads < num_attention_heads), RoPE scaling (rope_type other than "default"),
+and biases in attention but not in the MLP or the reverse (bigjax's `use_bias` covers both).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from bigjax.config import ConfigError, ModelConfig
+from bigjax.convert.common import Tensors
+
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+_BUFFERS = (".rotary_emb.inv_freq",)  # Older checkpoints saved the rotary frequencies; they are recomputed.
+_ATTENTION = (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"), ("out", "o_proj"))
+_MLP = (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj"))
+
+
+def _rope_theta(hf: dict[str, Any]) -> float:
+  """The rotary base: `rope_parameters` (transformers >= 5) or top-level `rope_theta` (older configs).
+
+  Scaled RoPE variants ("linear", "dynamic", "llama3", "yarn", ...) change the angles in ways bigjax's
+  rotary does not compute, so they are refused rather than loaded into a model that would differ.
+  """
+  rope = hf.get("rope_parameters") or {}
+  for source in (rope, hf.get("rope_scaling") or {}):
+    if any(isinstance(v, dict) for v in source.values()):
+      raise ConfigError(f"Llama rope_parameters per layer type ({', '.join(source)}) are not supported")
+    kind = source.get("rope_type", source.get("type", "default"))
+    if kind != "default":
+      raise ConfigError(f"Llama rope_type={kind!r} (scaled RoPE) is not supported; only 'default'")
+    if source.get("partial_rotary_factor", 1.0) != 1.0:
+      raise ConfigError(f"Llama partial_rotary_factor={source['partial_rotary_factor']} is not supported")
+  return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _check_supported(hf: dict[str, Any]) -> None:
+  """Refuses Llama settings whose computation bigjax's decoder does not reproduce exactly."""
+  act = hf.get("hidden_act", "silu")
+  if act not in _ACTIVATIONS:
+    raise ConfigError(f"Llama hidden_act={act!r} is not supported; supported: {', '.join(_ACTIVATIONS)}")
+  heads = hf["num_attention_heads"]
+  kv_heads = hf.get("num_key_value_heads") or heads
+  if kv_heads != heads:
+    raise ConfigError(f"Llama num_key_value_heads={kv_heads} differs from num_attention_heads={heads}: "
+                      "grouped-query attention is not supported")
+  attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+  if attention_bias != mlp_bias:
+    raise ConfigError(f"Llama attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported: "
+                      "bigjax has one use_bias for attention and MLP")
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+  """ModelConfig of a Llama config.json.
+
+  attention_dropout only acts in training and bigjax's dropout_rate would also drop residuals, so it is
+  not carried over. pretraining_tp only split the same matmuls into slices in older transformers (and
+  is ignored by 5.x), so any value loads exactly.
+  """
+  _check_supported(hf)
+  d, heads = hf["hidden_size"], hf["num_attention_heads"]
+  head_dim = hf.get("head_dim") or d // heads
+  return ModelConfig(family="decoder", vocab_size=hf["vocab_size"], d_model=d,
+                     num_layers=hf["num_hidden_layers"], num_heads=heads,
+                     head_dim=0 if head_dim * heads == d else head_dim, d_ff=hf["intermediate_size"],
+                     max_len=hf.get("max_position_embeddings", 2048), positions="rotary",
+                     rope_theta=_rope_theta(hf), norm="rmsnorm", layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                     activation=_ACTIVATIONS[hf.get("hidden_act", "silu")], gated_mlp=True,
+                     use_bias=bool(hf.get("attention_bias", False)),
+                     tie_embeddings=hf.get("tie_word_embeddings", False))
+
+
+def _linear(get: Callable, name: str, fan_in: int, fan_out: int, use_bias: bool) -> dict:
+  """A torch Linear (y = x W^T + b, W `[out, in]`) as a bigjax Dense (kernel `[in, out]`)."""
+  p = {"kernel": get(f"{name}.weight", (fan_out, fan_in)).T}
+  if use_bias:
+    p["bias"] = get(f"{name}.bias", (fan_out,))
+  return p
+
+
+def _block(cfg: ModelConfig, get: Callable) -> dict:
+  """One decoder layer: q/k/v kernels `[d, h, hd]` (biases `[h, hd]`), out kernel `[h, hd, d]`."""
+  d, h, hd, f = cfg.d_model, cfg.num_heads, cfg.kv_dim, cfg.d_ff
+  attn = {}
+  for ours, theirs in _ATTENTION[:3]:
+    p = _linear(get, f"self_attn.{theirs}", d, h * hd, cfg.use_bias)
+    attn[ours] = {k: v.reshape(v.shape[:-1] + (h, hd)) for k, v in p.items()}
+  out = _linear(get, "self_attn.o_proj", h * hd, d, cfg.use_bias)
+  attn["out"] = dict(out, kernel=out["kernel"].reshape(h, hd, d))
+  sizes = {"wi_0": (d, f), "wi_1": (d, f), "wo": (f, d)}
+  mlp = {ours: _linear(get, f"mlp.{theirs}", *sizes[ours], cfg.use_bias) for ours, theirs in _MLP}
+  return {"ln_attention": {"scale": get("input_layernorm.weight", (d,))}, "attention": attn,
+          "ln_mlp": {"scale": get("post_attention_layernorm.weight", (d,))}, "mlp": mlp}
+
+
+def params_from_hf(cfg: ModelConfig, t: Tensors, hf: dict[str, Any]) -> dict:
+  """bigjax params (unscanned) from a LlamaForCausalLM or LlamaModel checkpoint."""
+  del hf
+  t.ignore_suffixes(*_BUFFERS)
+  prefix = "model." if t.has_prefix("model.") else ""
+  get = lambda name, shape: t.get(prefix + name, shape)
+  d = cfg.d_model
+  blocks = {f"block_{i}": _block(cfg, lambda name, shape, i=i: get(f"layers.{i}.{name}", shape))
+            for i in range(cfg.num_layers)}
+  params: dict[str, Any] = {
+      "token_embed": {"embedding": get("embed_tokens.weight", (cfg.vocab_size, d))},
+      "decoder": blocks,
+      "ln_final": {"scale": get("norm.weight", (d,))},
+  }
+  if "lm_head.weight" in t:
+    head = t.get("lm_head.weight", (cfg.vocab_size, d))
+    if cfg.tie_embeddings:
+      if not np.array_equal(head, params["token_embed"]["embedding"]):
+        raise ConfigError("Llama config says tie_word_embeddings=True but lm_head.weight differs from "
+                          "embed_tokens.weight")
+    else:
+      params["lm_head"] = {"kernel": head.T}
+  elif not cfg.tie_embeddings:
+    raise ConfigError("llama checkpoint is missing tensor 'lm_head.weight' (tie_word_embeddings=False)")
+  return params
+
+
+def _check_llama_shaped(cfg: ModelConfig) -> None:
+  """Refuses decoders that LlamaForCausalLM cannot express."""
+  wrong = [name for name, bad in (
+      ("family != 'decoder'", cfg.family != "decoder"), ("positions != 'rotary'", cfg.positions != "rotary"),
+      ("norm != 'rmsnorm'", cfg.norm != "rmsnorm"), ("gated_mlp=False", not cfg.gated_mlp),
+      ("norm_position != 'pre'", cfg.norm_position != "pre"),
+      ("d_model not divisible by num_heads", cfg.d_model % cfg.num_heads != 0)) if bad]
+  if wrong:
+    raise ConfigError(f"to_hf: this model is not Llama-shaped ({', '.join(wrong)}); Llama needs a pre-norm "
+                      "decoder with rotary positions, RMSNorm, a gated MLP and d_model % num_heads == 0")
+
+
+def _hf_config(cfg: ModelConfig) -> dict[str, Any]:
+  """LlamaForCausalLM's config.json; rope_theta is written both ways so older transformers read it too."""
+  return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": cfg.vocab_size,
+          "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.num_layers,
+          "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_heads, "head_dim": cfg.kv_dim,
+          "hidden_act": _HF_ACTIVATIONS[cfg.activation], "max_position_embeddings": cfg.max_len,
+          "rms_norm_eps": cfg.layer_norm_eps, "rope_theta": cfg.rope_theta,
+          "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+          "attention_bias": cfg.use_bias, "mlp_bias": cfg.use_bias, "attention_dropout": 0.0,
+          "tie_word_embeddings": cfg.tie_embeddings}
+
+
+def _hf_block(cfg: ModelConfig, b: dict, prefix: str) -> dict[str, np.ndarray]:
+  """One bigjax block as `model.layers.{i}.*` tensors (torch Linear weights are `[out, in]`)."""
+  t = {f"{prefix}.input_layernorm.weight": b["ln_attention"]["scale"],
+       f"{prefix}.post_attention_layernorm.weight": b["ln_mlp"]["scale"]}
+  fan_in = {"out": cfg.num_heads * cfg.kv_dim, "wo": cfg.d_ff}  # Every other projection reads d_model.
+  for group, names in (("attention", _ATTENTION), ("mlp", _MLP)):
+    hf_group = "self_attn" if group == "attention" else "mlp"
+    for ours, theirs in names:
+      p, name = b[group][ours], f"{prefix}.{hf_group}.{theirs}"
+      t[f"{name}.weight"] = np.reshape(p["kernel"], (fan_in.get(ours, cfg.d_model), -1)).T
+      if cfg.use_bias:
+        t[f"{name}.bias"] = np.reshape(p["bias"], (-1,))
+  return t
+
+
+def to_hf(cfg: ModelConfig, params: dict) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """LlamaForCausalLM config and tensors."""
+  _check_llama_shaped(cfg)
+  t: dict[str, np.ndarray] = {"model.embed_tokens.weight": params["token_embed"]["embedding"],
+                              "model.norm.weight": params["ln_final"]["scale"]}
+  for i in range(cfg.num_layers):
+    t.update(_hf_block(cfg, params["decoder"][f"block_{i}"], f"model.layers.{i}"))
+  if not cfg.tie_embeddings:
+    t["lm_head.weight"] = np.asarray(params["lm_head"]["kernel"]).T
+  return _hf_config(cfg), t

@@ -1,0 +1,75 @@
+"""Encoder: BERT (token + segment + learned position embeddings, post-LayerNorm blocks) with its heads.
+
+`cfg.encoder_head` picks what `__call__` returns:
+  "mlm"        — masked-LM logits `[batch, length, vocab]` (dense + activation + norm, then the tied or
+                 untied output layer with a per-token bias), as BertForMaskedLM;
+  "classifier" — logits `[batch, num_labels]` from the pooled first ([CLS]) token (dense + tanh), as
+                 BertForSequenceClassification;
+  "none"       — the last hidden states `[batch, length, d_model]`, as BertModel (whose pooler weights
+                 are kept, so that a classifier can be fine-tuned from them).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bigjax import layers
+from bigjax.config import ModelConfig
+
+
+class Encoder(nn.Module):
+  """`apply({"params": p}, input_ids, attention_mask=m, token_type_ids=s)`; see the module docstring."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None,
+               deterministic: bool = True):
+    cfg = self.cfg
+    b, n = input_ids.shape
+    dense = lambda features, names, name: layers.Dense(
+        features, ("embed",), names, use_bias=cfg.use_bias, init_std=cfg.init_std, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, name=name)
+    tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
+                          cfg.dtype, cfg.param_dtype, name="token_embed")
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(n), (b, n))
+    x = tokens(input_ids)
+    if cfg.positions == "learned":
+      x = x + layers.Embed(cfg.max_len, cfg.d_model, ("length", "embed"), cfg.init_std,
+                           cfg.dtype, cfg.param_dtype, name="position_embed")(positions)
+    if cfg.type_vocab_size:
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + layers.Embed(cfg.type_vocab_size, cfg.d_model, ("segments", "embed"), cfg.init_std,
+                           cfg.dtype, cfg.param_dtype, name="segment_embed")(token_type_ids)
+    if cfg.norm_position == "post":
+      x = layers.norm(cfg, "ln_embed")(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.constrain(x, layers.BTE)
+    mask = layers.padding_mask(attention_mask)
+    x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, name="encoder")(x, mask, None, positions)
+    if cfg.norm_position == "pre":
+      x = layers.norm(cfg, "ln_final")(x)
+
+    if cfg.encoder_head == "mlm":
+      h = layers.ACTIVATIONS[cfg.activation](dense((cfg.d_model,), ("mlp",), "mlm_dense")(x))
+      h = layers.norm(cfg, "mlm_ln")(h)
+      if cfg.tie_embeddings:
+        logits = tokens.attend(h)
+      else:
+        logits = layers.Dense((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False, init_std=cfg.init_std,
+                              dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="lm_head")(h)
+      bias = self.param("mlm_bias", layers.param_init(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,),
+                        layers.dtype_of(cfg.param_dtype))
+      logits = layers.constrain(logits + bias.astype(logits.dtype),
+                                ("activation_batch", "activation_length", "activation_vocab"))
+      return logits.astype(jnp.float32)
+    pooled = jnp.tanh(dense((cfg.d_model,), ("mlp",), "pooler")(x[:, 0]))
+    if cfg.encoder_head == "none":
+      return x  # The pooler's params exist (BertModel has them); its output is not needed here.
+    pooled = nn.Dropout(cfg.dropout_rate)(pooled, deterministic=deterministic)
+    logits = layers.Dense((cfg.num_labels,), ("mlp",), ("labels",), use_bias=True, init_std=cfg.init_std,
+                          dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="classifier")(pooled)
+    return logits.astype(jnp.float32)
