@@ -255,7 +255,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       unigram, byte_lengths)
 
   writer = MetricsWriter(workdir)
-  sampler = make_sampler(module, config.train.sample_temperature, config.train.sample_top_k,
+  sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
+  sampler = make_sampler(mcfg, sample_len, config.train.sample_temperature, config.train.sample_top_k,
                          tok.eos_id, tok.pad_id)
   tokens_per_step = config.data.batch_size * seq_len
 
@@ -279,14 +280,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if mcfg.family != "decoder":  # Samples continue text: only language models write them.
       return
     n = min(config.train.num_samples, len(data.eval[0]["inputs"]))
-    sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
     if n <= 0 or sample_len <= 0:
       return
     prompts = np.asarray(data.eval_windows.gather(np.arange(n) % data.eval_windows.count)[:, :_PROMPT_LEN])
-    buf = np.full((n, _PROMPT_LEN + sample_len), tok.pad_id, np.int32)
-    buf[:, :_PROMPT_LEN] = prompts
     with partitioning.activate(mesh, rules):
-      out = sampler(state.params, jnp.asarray(buf), jax.random.PRNGKey(step))
+      out = sampler(state.params, jnp.asarray(prompts), jax.random.PRNGKey(step))
     out = np.asarray(out)
     if pi == 0:
       with (workdir / "samples.txt").open("a") as f:
@@ -345,13 +343,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   return {**{f"train_{k}": v for k, v in last_train.items()}, **{f"eval_{k}": v for k, v in last_eval.items()}}
 
 
-def make_sampler(module, temperature: float, top_k: int, eos_id: int, pad_id: int):
-  """A jitted `(params, buffer, rng) -> buffer` that continues each row after a _PROMPT_LEN prompt."""
-  def run(params, buf, rng):
-    fn = lambda tokens: module.apply({"params": params}, tokens)
-    lengths = jnp.full((buf.shape[0],), _PROMPT_LEN)
-    return decode.sample(fn, buf, lengths, rng, eos_id=eos_id, pad_id=pad_id,
-                         temperature=temperature, top_k=top_k, start=_PROMPT_LEN)
+def make_sampler(mcfg, sample_len: int, temperature: float, top_k: int, eos_id: int, pad_id: int):
+  """A jitted `(params, prompts [n, P], rng) -> [n, P + sample_len]` continuing each prompt (KV cache)."""
+  def run(params, prompts, rng):
+    rows, length = prompts.shape
+    cache = models.init_cache(mcfg, rows, length + sample_len)
+    return decode.generate(models.step_fn(mcfg, params), cache, prompts, jnp.full((rows,), length), rng,
+                           max_new_tokens=sample_len, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
+                           top_k=top_k, prefill_len=length)
   return jax.jit(run)
 
 

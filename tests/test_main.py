@@ -61,3 +61,54 @@ def test_cli_trains_then_resumes_in_a_relative_workdir(tmp_path, text_file):
   assert "state from this workdir's checkpoint at step 2" in second.stdout
   assert "train step 3/4" in second.stdout and "train step 1/" not in second.stdout
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
+
+
+def test_help_of_convert_and_decode():
+  for command, words in (("convert", ("--from_hf", "--to_hf", "init_from", "GPT2LMHeadModel")),
+                         ("decode", ("--prompt", "--num_beams", "--top_p", "KV cache"))):
+    r = bigjax(command, "--help")
+    assert r.returncode == 0 and all(w in r.stdout for w in words), r.stdout
+
+
+def test_convert_both_ways_fine_tune_and_decode(tmp_path, text_file):
+  """A Hugging Face GPT-2 → a workdir → fine-tuned by `bigjax train`, decoded by `bigjax decode`
+  (same tokens as transformers' greedy generate), and written back to a directory transformers loads."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf_cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_inner=64, vocab_size=259, n_positions=64,
+                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+  model = transformers.GPT2LMHeadModel(hf_cfg).eval()
+  model.save_pretrained(tmp_path / "hf")
+  conv = str(tmp_path / "conv")
+  r = bigjax("convert", "--from_hf", str(tmp_path / "hf"), "--workdir", conv)
+  assert r.returncode == 0 and f"--config.train.init_from={conv}" in r.stdout, r.stderr[-2000:]
+  again = bigjax("convert", "--from_hf", str(tmp_path / "hf"), "--workdir", conv)
+  assert again.returncode == 2 and "already holds a run" in again.stderr
+
+  r = bigjax("convert", "--workdir", conv, "--to_hf", str(tmp_path / "back"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+  ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+  with torch.no_grad():
+    np.testing.assert_allclose(back(ids).logits.numpy(), model(ids).logits.numpy(), atol=1e-5)
+
+  r = bigjax("decode", "--workdir", conv, "--prompt_ids", "5,6,7", "--prompt_ids", "40,41", "--max_new_tokens", "6")
+  assert r.returncode == 0, r.stderr[-2000:]
+  with torch.no_grad():
+    for prompt in ([5, 6, 7], [40, 41]):
+      want = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0]
+      assert f"[ids] {','.join(map(str, want.tolist()))}" in r.stdout, r.stdout
+
+  tiny = ["--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
+          "--config.model.d_ff=64", "--config.model.vocab_size=259", "--config.model.max_len=64",
+          "--config.data.tokenizer=byte", f"--config.data.source={text_file}", "--config.data.seq_len=32",
+          "--config.data.batch_size=8", "--config.data.eval_batches=1", "--config.train.steps=1",
+          "--config.train.num_samples=0", "--config.mesh.num_devices=1"]
+  tuned = bigjax("train", "--config", QUICK, "--workdir", str(tmp_path / "tuned"),
+                 f"--config.train.init_from={conv}", *tiny)
+  assert tuned.returncode == 0, tuned.stderr[-3000:]
+  assert f"init_from {conv}" in tuned.stdout and "parameters loaded" in tuned.stdout
+  refused = bigjax("train", "--config", QUICK, "--workdir", conv, *tiny)
+  assert refused.returncode == 2 and "holds a model converted from" in refused.stderr

@@ -74,3 +74,57 @@ def test_untied_head_and_dropout():
   np.testing.assert_allclose(det, module.apply({"params": params}, ids), atol=0)
   drop = module.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
   assert not np.allclose(drop, det)
+
+
+FAMILY_CFGS = {
+    "bert": config_lib.preset("bert_tiny", vocab_size=64, d_model=32, num_layers=2, max_len=16),
+    "bert_classifier": config_lib.preset("bert_tiny", vocab_size=64, d_model=32, num_layers=2, max_len=16,
+                                         encoder_head="classifier", num_labels=3),
+    "llama_style": config_lib.ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, d_ff=48,
+                                          positions="rotary", norm="rmsnorm", activation="silu", gated_mlp=True,
+                                          use_bias=False, tie_embeddings=False),
+    "t5_v1_1": config_lib.preset("t5_v1_1_small", vocab_size=64, d_model=32, num_layers=2, num_decoder_layers=3,
+                                 num_heads=4, head_dim=8, d_ff=48),
+}
+
+
+def _init(cfg, length=8):
+  module = models.build(cfg)
+  ids = jnp.ones((2, length), jnp.int32)
+  args = (ids, ids[:, :5]) if cfg.family == "encoder_decoder" else (ids,)
+  return module, module.init(jax.random.PRNGKey(0), *args)["params"], args
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CFGS))
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_family_names_every_param_and_padding_never_leaks(name, scan):
+  import dataclasses
+  cfg = dataclasses.replace(FAMILY_CFGS[name], scan_layers=scan)
+  module, boxed, args = _init(cfg)
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert all(isinstance(x, nn.LogicallyPartitioned) and len(x.names) == x.value.ndim for x in leaves)
+  if scan:  # Stacked blocks carry the "layers" axis first.
+    stacked = [x for x in leaves if x.names[0] == "layers"]
+    assert stacked and all(x.value.shape[0] in (cfg.num_layers, cfg.decoder_layers) for x in stacked)
+  params = nn.meta.unbox(boxed)
+  # Padded positions never change what real positions see: garbage in the padding, same outputs.
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 64, (2, 8))
+  mask = np.ones((2, 8), np.int32)
+  mask[1, 5:] = 0
+  noisy = np.where(mask == 1, ids, rng.integers(3, 64, (2, 8)))
+  if cfg.family == "encoder_decoder":
+    dec = rng.integers(3, 64, (2, 5))
+    run = lambda x: module.apply({"params": params}, x, dec, attention_mask=mask)
+    a, b = run(ids), run(noisy)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert a.shape == (2, 5, 64)
+  else:
+    run = lambda x: module.apply({"params": params}, x, attention_mask=mask)
+    a, b = np.asarray(run(ids)), np.asarray(run(noisy))
+    if cfg.encoder_head == "classifier":
+      assert a.shape == (2, 3)
+      np.testing.assert_allclose(a, b, atol=1e-5)
+    else:
+      assert a.shape == (2, 8, 64)
+      np.testing.assert_allclose(a[mask == 1], b[mask == 1], atol=1e-5)

@@ -119,3 +119,24 @@ def step_fn(cfg: ModelConfig, params, encoded=None, encoder_mask=None):
     return logits, out["cache"]
 
   return fn
+
+
+def uncached_step_fn(cfg: ModelConfig, params, total_len: int):
+  """A `step_fn` with no KV cache: its "cache" is the token buffer, and every call runs the whole
+  buffer through the model again. The reference that cached decoding must equal, and its baseline.
+  Returns `(step_fn, empty_cache_fn(rows))`. Decoder family only."""
+  if cfg.family != "decoder":
+    raise ConfigError("uncached_step_fn: only model.family='decoder' scores a token buffer on its own")
+  module = build(cfg)
+
+  def fn(tokens, cache):
+    n = tokens.shape[1]
+    buf = jax.lax.dynamic_update_slice(cache["tokens"], tokens.astype(jnp.int32), (0, cache["index"]))
+    logits = module.apply({"params": params}, buf)
+    out = jax.lax.dynamic_slice_in_dim(logits, cache["index"], n, axis=1)
+    return out, {"tokens": buf, "index": cache["index"] + n}
+
+  def empty(rows: int):
+    return {"tokens": jnp.zeros((rows, total_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
+
+  return fn, empty

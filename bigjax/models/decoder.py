@@ -13,18 +13,20 @@ from bigjax import layers
 from bigjax.config import ModelConfig
 
 
-def decode_position(module: nn.Module, n: int):
+def decode_position(module: nn.Module, tokens):
   """In decode mode: (index, cache length) from the module's "cache" collection; advances the index.
 
-  `slots` holds the cache's positions 0..L-1: its static shape says how long the cache is (set by
-  `init(..., decode=True)` with an input of that length).
+  `slots` `[rows, L]` holds each row's cache positions 0..L-1: its static shape says how long the cache
+  is (set by `init(..., decode=True)` with an input of that length). It has a row axis like every other
+  non-scalar cache entry, so that beam search can reorder the cache rows uniformly.
   """
+  rows, n = tokens.shape
   index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-  slots = module.variable("cache", "slots", lambda: jnp.arange(n, dtype=jnp.int32))
+  slots = module.variable("cache", "slots", lambda: jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n)))
   start = index.value
   if not module.is_initializing():
     index.value = start + n
-  return start, slots.value.shape[0]
+  return start, slots.value.shape[1]
 
 
 class Decoder(nn.Module):
@@ -46,7 +48,7 @@ class Decoder(nn.Module):
     tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
                           cfg.dtype, cfg.param_dtype, name="token_embed")
     if self.decode:
-      index, kv_len = decode_position(self, n)
+      index, kv_len = decode_position(self, input_ids)
       positions = jnp.broadcast_to(index + jnp.arange(n), (b, n))
       mask = layers.causal_mask(n, kv_len, offset=index)[None, None]
     else:

@@ -40,7 +40,7 @@ class DecoderStack(nn.Module):
     cfg = self.cfg
     n = x.shape[1]
     if self.decode:
-      index, kv_len = decode_position(self, n)
+      index, kv_len = decode_position(self, x[..., 0])
       mask = layers.causal_mask(n, kv_len, offset=index)[None, None]
       q_positions = index + jnp.arange(n)
     else:
