@@ -8,6 +8,8 @@ straight into its target sharding, so a checkpoint restores on any mesh. No pick
 
 from __future__ import annotations
 
+import os
+
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -16,6 +18,8 @@ from etils import epath
 class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    # Orbax needs absolute paths; a relative local workdir is relative to where the command runs.
+    workdir = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
     self.directory = epath.Path(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -49,8 +53,9 @@ class Checkpointer:
 
     `abstract_params` is a tree of jax.ShapeDtypeStruct with shardings, or the metadata tree of
     `param_metadata` (then each array is restored whole, on the default device)."""
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree_util.tree_map(
-        lambda m: m if isinstance(m, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(m.shape, m.dtype),
+        lambda m: m if isinstance(m, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
         abstract_params)
     out = ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
         item={"params": target}, partial_restore=True))

@@ -195,7 +195,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # TFDS data dir ("" = TFDS default, ~/tensorflow_datasets). May be gs://.
   # A SentencePiece model path (relative paths are looked up in the repo's tokenizers/ too), or
   # "byte" for byte-level tokens that need no training.
-  c.data.tokenizer = "prose_sp8k.model"
+  c.data.tokenizer = "code_sp4k.model"  # Shipped in tokenizers/, made for the default source.
   # How windows of tokens become batches: "causal_lm" (decoder), "masked_lm" (encoder), "span_corruption"
   # (encoder_decoder); "" = the model family's own.
   c.data.objective = ""

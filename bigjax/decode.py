@@ -40,6 +40,7 @@ prompts are being read, which makes a batch equal to running each row alone with
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -315,28 +316,30 @@ def for_model(cfg, params, prompts: list[list[int]], *, max_new_tokens: int, eos
     if cfg.positions == "learned" and total > cfg.max_len:
       raise ConfigError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = {total} is more "
                         f"than the model's {cfg.max_len} learned positions; shorten one of them")
-    step = models.step_fn(cfg, params)
     cache = models.init_cache(cfg, rows, total)
     dec_prompts, dec_lengths, prefill = ids, lengths, int(lengths.min())
+    encoded = mask = None
   else:
     module = models.build(cfg)
     mask = (np.arange(longest)[None] < lengths[:, None]).astype(np.int32)
-    encoded = module.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-                           method=module.encode)
+    encoded = jax.jit(functools.partial(module.apply, method=module.encode))(
+        {"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
     encoded, mask = jnp.repeat(encoded, num_beams, axis=0), jnp.repeat(jnp.asarray(mask), num_beams, axis=0)
-    step = models.step_fn(cfg, params, encoded, mask)
     cache = models.init_cache(cfg, rows, 1 + max_new_tokens, longest)
     dec_prompts, dec_lengths, prefill = np.full((b, 1), pad_id, np.int32), np.ones(b, np.int32), 1
-  if num_beams > 1:
-    run = jax.jit(lambda c, p, n: beam_search(step, c, p, n, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                              eos_id=eos_id, pad_id=pad_id, length_penalty=length_penalty,
-                                              early_stopping=early_stopping, prefill_len=prefill)[0])
-    out = run(cache, jnp.asarray(dec_prompts), jnp.asarray(dec_lengths))
-  else:
-    run = jax.jit(lambda c, p, n, r: generate(step, c, p, n, r, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                                              pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                                              prefill_len=prefill))
-    out = run(cache, jnp.asarray(dec_prompts), jnp.asarray(dec_lengths), jax.random.PRNGKey(seed))
+
+  # Params and encoder outputs are arguments of the jitted function, never constants folded into it.
+  def run(params, encoded, mask, cache, prompts, prompt_lengths, rng):
+    step = models.step_fn(cfg, params, encoded, mask)
+    if num_beams > 1:
+      return beam_search(step, cache, prompts, prompt_lengths, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                         eos_id=eos_id, pad_id=pad_id, length_penalty=length_penalty,
+                         early_stopping=early_stopping, prefill_len=prefill)[0]
+    return generate(step, cache, prompts, prompt_lengths, rng, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                    pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p, prefill_len=prefill)
+
+  out = jax.jit(run)(params, encoded, mask, cache, jnp.asarray(dec_prompts), jnp.asarray(dec_lengths),
+                     jax.random.PRNGKey(seed))
   result = []
   for row, n in zip(np.asarray(out), dec_lengths):
     new = list(row[n:n + max_new_tokens])

@@ -246,7 +246,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   # Eval constants: unigram floor and bytes per eval set (on the global eval batches).
   # Special ids of the objective (sentinels, [MASK]) stand for no bytes of text.
-  unigram = pipeline.unigram_log_probs(data.train_tokens, mcfg.vocab_size)
+  special = None
+  if data.objective.extra_ids:  # Sentinels or [MASK]-style ids among the targets: sample their frequency.
+    sample = [data.train.batch(s) for s in range(16)]
+    special = np.concatenate([b["targets"][b["weights"] > 0] for b in sample])
+  unigram = pipeline.unigram_log_probs(data.train_tokens, mcfg.vocab_size, special, tok.vocab_size)
   byte_lengths = np.zeros(mcfg.vocab_size, np.int64)
   byte_lengths[:tok.vocab_size] = tok.byte_lengths()
   ref = pipeline.eval_reference(

@@ -8,7 +8,10 @@ Run (from the repo root):
 Span corruption as in the T5 paper: noise density 0.15, mean span 3; each span becomes a sentinel
 (<extra_id_i> = the 100 ids after the tokenizer's 4096, from the top down) in the 128-token encoder
 input, and the decoder writes the sentinels and their spans (29 target tokens).
-RESULT (measured, see the README): filled in by the run that made this file's numbers.
+Measured on a 2-core CPU (fresh TFDS data dir, so corpus preparation is included): 3 min 45 s of wall
+time, 2.56M params, 600 steps of 16 x 128 encoder tokens; last eval loss 4.295 nats per target token
+against a unigram floor of 5.551 (ratio 0.774; sentinels at their sampled frequency), 2.78 bits per
+byte of the text the targets stand for.
 """
 
 from bigjax import config as config_lib

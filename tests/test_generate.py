@@ -85,3 +85,20 @@ def test_sampling_from_a_converted_model_respects_top_k_and_top_p(gpt2):
   greedy = decode.for_model(cfg, params, [prompt], max_new_tokens=6, eos_id=-1, pad_id=0, temperature=0.0)
   cold = decode.for_model(cfg, params, [prompt], max_new_tokens=6, eos_id=-1, pad_id=0, temperature=1e-4, seed=3)
   assert cold == greedy  # Temperature → 0 is greedy.
+
+
+def test_cached_decoding_equals_recomputing_the_prefix(gpt2):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bigjax import models  # pylint: disable=g-import-not-at-top
+  _, (cfg, params) = gpt2
+  prompts = np.zeros((3, 5), np.int32)
+  for i, p in enumerate(PROMPTS):
+    prompts[i, :len(p)] = p
+  lengths = jnp.asarray([len(p) for p in PROMPTS])
+  settings = dict(max_new_tokens=12, eos_id=-1, pad_id=0, temperature=0.0, prefill_len=2)
+  cached = decode.generate(models.step_fn(cfg, params), models.init_cache(cfg, 3, 17), jnp.asarray(prompts),
+                           lengths, jax.random.PRNGKey(0), **settings)
+  plain, empty = models.uncached_step_fn(cfg, params, 17)
+  recomputed = decode.generate(plain, empty(3), jnp.asarray(prompts), lengths, jax.random.PRNGKey(0), **settings)
+  np.testing.assert_array_equal(cached, recomputed)

@@ -61,6 +61,9 @@ def test_cli_trains_then_resumes_in_a_relative_workdir(tmp_path, text_file):
   assert "state from this workdir's checkpoint at step 2" in second.stdout
   assert "train step 3/4" in second.stdout and "train step 1/" not in second.stdout
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
+  decoded = bigjax("decode", "--workdir", "run", "--prompt", "0001 The", "--max_new_tokens", "5", cwd=tmp_path)
+  assert decoded.returncode == 0, decoded.stderr[-3000:]
+  assert "[prompt] 0001 The" in decoded.stdout and "[output] " in decoded.stdout
 
 
 def test_help_of_convert_and_decode():

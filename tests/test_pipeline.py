@@ -125,3 +125,13 @@ def test_tokenizer_larger_than_model_vocab_is_refused(text_file):
 def test_objective_must_suit_the_family(text_file):
   with pytest.raises(ConfigError, match=r"data.objective='masked_lm' does not train model.family='decoder'"):
     pipeline.build(tiny_config(text_file, **{"data.objective": "masked_lm"}))
+
+
+def test_unigram_reference_gives_special_target_ids_their_sampled_share():
+  # Text ids 0..3 (counts from the stream), special ids 4..5 (a sentinel-like id in 1/4 of the targets).
+  logp = pipeline.unigram_log_probs(np.array([1, 1, 1, 2]), 6, special_targets=np.tile([1, 4, 2, 4, 3, 3, 1, 1], 100),
+                                    text_vocab=4)
+  p = np.exp(logp)
+  np.testing.assert_allclose(p.sum(), 1.0)
+  assert p[4] == pytest.approx(0.25, abs=0.01) and p[5] < 0.01
+  np.testing.assert_allclose(p[:4] / p[:4].sum(), [1 / 8, 4 / 8, 2 / 8, 1 / 8])

@@ -218,10 +218,22 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
   return Data(tok, objective, stream, evals, train_tokens, eval_windows)
 
 
-def unigram_log_probs(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
-  """log p(id) of a unigram model fitted on `tokens` with add-one smoothing over the vocabulary."""
+def unigram_log_probs(tokens: np.ndarray, vocab_size: int, special_targets: np.ndarray | None = None,
+                      text_vocab: int | None = None) -> np.ndarray:
+  """log p(id) of a unigram model fitted on `tokens` with add-one smoothing over the vocabulary.
+
+  Objectives whose targets include ids the text never has (span corruption's sentinels) pass a sample
+  of their train targets: ids >= `text_vocab` then get their frequency in that sample, and the text ids
+  share the rest in proportion to their counts in `tokens`, so the floor is fair to the model.
+  """
   counts = np.bincount(np.asarray(tokens), minlength=vocab_size).astype(np.float64) + 1.0
-  return np.log(counts / counts.sum())
+  if special_targets is None or text_vocab is None:
+    return np.log(counts / counts.sum())
+  sample = np.bincount(np.asarray(special_targets), minlength=vocab_size).astype(np.float64)
+  special = sample[text_vocab:] + 1.0 / vocab_size  # Smoothed so that no id has probability 0.
+  share = special.sum() / (sample.sum() + special.size / vocab_size)
+  text = counts[:text_vocab] / counts[:text_vocab].sum() * (1.0 - share)
+  return np.log(np.concatenate([text, special / special.sum() * share]))
 
 
 def eval_reference(batches, unigram_logp: np.ndarray, byte_lengths: np.ndarray) -> dict[str, float]:

@@ -65,15 +65,15 @@ def main():
   for batch in map(int, args.batches.split(",")):
     prompts = np.random.default_rng(batch).integers(0, cfg.vocab_size, (batch, args.prompt_len)).astype(np.int32)
     lengths = jnp.full((batch,), args.prompt_len, jnp.int32)
-    step = models.step_fn(cfg, params)
-    cached = jax.jit(lambda p, c: decode.generate(step, c, p, lengths, jax.random.PRNGKey(0),
-                                                  max_new_tokens=args.new_tokens, eos_id=no_eos, pad_id=0,
-                                                  temperature=0.0, prefill_len=args.prompt_len))
+    settings = dict(max_new_tokens=args.new_tokens, eos_id=no_eos, pad_id=0, temperature=0.0,
+                    prefill_len=args.prompt_len)
+    # Params are jit arguments (not constants folded into the program), as in bigjax.decode.for_model.
+    cached = jax.jit(lambda w, p, c: decode.generate(models.step_fn(cfg, w), c, p, lengths,
+                                                     jax.random.PRNGKey(0), **settings))
     cache0 = models.init_cache(cfg, batch, total)
-    plain_step, empty = models.uncached_step_fn(cfg, params, total)
-    uncached = jax.jit(lambda p, c: decode.generate(plain_step, c, p, lengths, jax.random.PRNGKey(0),
-                                                    max_new_tokens=args.new_tokens, eos_id=no_eos, pad_id=0,
-                                                    temperature=0.0, prefill_len=args.prompt_len))
+    empty = models.uncached_step_fn(cfg, params, total)[1]
+    uncached = jax.jit(lambda w, p, c: decode.generate(models.uncached_step_fn(cfg, w, total)[0], c, p, lengths,
+                                                       jax.random.PRNGKey(0), **settings))
     ids = torch.tensor(prompts, dtype=torch.long)
 
     def hf(use_cache: bool):
@@ -82,15 +82,15 @@ def main():
                               min_new_tokens=args.new_tokens, do_sample=False, use_cache=use_cache,
                               pad_token_id=0)
 
-    ours = np.asarray(cached(jnp.asarray(prompts), cache0))
+    ours = np.asarray(cached(params, jnp.asarray(prompts), cache0))
     theirs = hf(True).numpy()
     agree = float(np.mean(ours[:, args.prompt_len:] == theirs[:, args.prompt_len:]))
     results[f"greedy_agreement_b{batch}"] = agree
 
     n = batch * args.new_tokens
     timings = {
-        "bigjax_cache": lambda: cached(jnp.asarray(prompts), cache0).block_until_ready(),
-        "bigjax_no_cache": lambda: uncached(jnp.asarray(prompts), empty(batch)).block_until_ready(),
+        "bigjax_cache": lambda: cached(params, jnp.asarray(prompts), cache0).block_until_ready(),
+        "bigjax_no_cache": lambda: uncached(params, jnp.asarray(prompts), empty(batch)).block_until_ready(),
         "hf_cache": lambda: hf(True),
         "hf_no_cache": lambda: hf(False),
     }
