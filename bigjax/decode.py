@@ -362,10 +362,12 @@ def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids:
     cfg, params = convert.from_workdir(workdir)
     saved = json.loads((epath.Path(workdir) / "config.json").read_text())
     tok_name = tokenizer or ("" if "converted_from" in saved else saved["data"]["tokenizer"])
+    special = saved.get("special_ids", {})
   else:
     cfg, params = convert.from_hf(hf)
     spiece = [p for p in ("spiece.model", "tokenizer.model") if (epath.Path(hf) / p).exists()]
     tok_name = tokenizer or (str(epath.Path(hf) / spiece[0]) if spiece else "")
+    special = convert.hf_special_ids(hf)
   tok = tokenizer_lib.load(tok_name) if tok_name else None
   if prompts and tok is None:
     raise ConfigError("--prompt text needs a tokenizer: pass --tokenizer (a SentencePiece .model or 'byte') "
@@ -378,7 +380,10 @@ def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids:
   bad = [t for p in ids for t in p if not 0 <= t < cfg.vocab_size]
   if bad:
     raise ConfigError(f"prompt id {bad[0]} is outside the model's vocabulary (0..{cfg.vocab_size - 1})")
-  eos_id, pad_id = (tok.eos_id, tok.pad_id) if tok else (1 if cfg.family == "encoder_decoder" else -1, 0)
+  # Without a tokenizer, the ids the Hugging Face config names (T5: pad 0 starts the decoder, EOS 1).
+  eos_id = tok.eos_id if tok else special.get("eos", -1)
+  pad_id = tok.pad_id if tok else special.get("pad") or 0
+  eos_id = -1 if eos_id is None or eos_id >= cfg.vocab_size else eos_id
   outputs = for_model(cfg, params, ids, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                       temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
                       length_penalty=length_penalty, seed=seed)

@@ -99,10 +99,14 @@ def test_convert_both_ways_fine_tune_and_decode(tmp_path, text_file):
 
   r = bigjax("decode", "--workdir", conv, "--prompt_ids", "5,6,7", "--prompt_ids", "40,41", "--max_new_tokens", "6")
   assert r.returncode == 0, r.stderr[-2000:]
+  straight = bigjax("decode", "--hf", str(tmp_path / "hf"), "--prompt_ids", "5,6,7", "--max_new_tokens", "6")
+  assert straight.returncode == 0, straight.stderr[-2000:]
   with torch.no_grad():
     for prompt in ([5, 6, 7], [40, 41]):
       want = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0]
       assert f"[ids] {','.join(map(str, want.tolist()))}" in r.stdout, r.stdout
+      if prompt == [5, 6, 7]:  # Straight from the Hugging Face directory: the same tokens.
+        assert f"[ids] {','.join(map(str, want.tolist()))}" in straight.stdout, straight.stdout
 
   tiny = ["--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
           "--config.model.d_ff=64", "--config.model.vocab_size=259", "--config.model.max_len=64",

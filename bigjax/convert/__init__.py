@@ -98,11 +98,20 @@ def to_workdir(cfg: ModelConfig, params: dict, workdir: str, source: str) -> Non
   config.model.update(cfg.to_dict())
   record = json.loads(config.to_json_best_effort())
   record["converted_from"] = source
+  record["special_ids"] = hf_special_ids(source)
   ckpt = ckpt_lib.Checkpointer(str(out), async_save=False)
   ckpt.save(0, {"params": params}, {"step": 0, "converted_from": source})
   ckpt.wait()
   ckpt.close()
   (out / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def hf_special_ids(path: str) -> dict[str, int | None]:
+  """EOS, pad and decoder-start ids a Hugging Face config.json names (None where it names none or a list)."""
+  cfg_path = epath.Path(path) / "config.json"
+  hf = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+  pick = lambda k: hf.get(k) if isinstance(hf.get(k), int) else None
+  return {"eos": pick("eos_token_id"), "pad": pick("pad_token_id"), "decoder_start": pick("decoder_start_token_id")}
 
 
 def from_workdir(workdir: str) -> tuple[ModelConfig, dict]:
