@@ -33,7 +33,8 @@ from bigjax.config import ConfigError
 from bigjax.data import pipeline
 
 # Settings that fix what a workdir holds: a resumed run must not change them.
-_PINNED = ("model", "data.tokenizer", "data.source", "data.seq_len", "data.batch_size", "train.seed")
+_PINNED = ("model", "data.tokenizer", "data.source", "data.objective", "data.seq_len", "data.batch_size",
+           "train.seed")
 _PROMPT_LEN = 16
 
 
