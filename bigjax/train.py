@@ -366,23 +366,16 @@ def init_params(module, batch, rng):
 
 
 def _flatten(tree) -> dict[str, Any]:
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return flax.traverse_util.flatten_dict(tree, sep="/")
 
 
 def _unflatten(flat: dict[str, Any]) -> dict:
-  out: dict = {}
-  for name, leaf in flat.items():
-    node = out
-    *parents, last = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return out
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any]]:
-  """(description, flat params as host arrays or Orbax metadata) of a workdir or a Hugging Face model dir."""
+def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any], tuple | None]:
+  """(description, flat params as host arrays or Orbax metadata, (workdir, step) when the params are
+  still to be read from that checkpoint) of a workdir or a Hugging Face model dir."""
   src = epath.Path(init_from)
   if not (src / "config.json").exists():
     raise ConfigError(f"train.init_from={init_from!r}: neither a bigjax workdir nor a Hugging Face model "
@@ -390,7 +383,7 @@ def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any]]:
   if "model_type" in json.loads((src / "config.json").read_text()):
     from bigjax import convert  # pylint: disable=g-import-not-at-top
     _, params = convert.from_hf(init_from)
-    return "a Hugging Face model", _flatten(models.to_layout(mcfg, params))
+    return "a Hugging Face model", _flatten(models.to_layout(mcfg, params)), None
   other = ckpt_lib.Checkpointer(str(src))
   step = other.latest_step()
   if step is None:
@@ -400,17 +393,16 @@ def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any]]:
   if other_cfg.scan_layers != mcfg.scan_layers:  # Restore in the stored layout, then convert on the host.
     host = other.restore_params(step, stored)
     other.close()
-    return f"step {step} of that workdir", _flatten(models.to_layout(mcfg, jax.device_get(host)))
+    return f"step {step} of that workdir", _flatten(models.to_layout(mcfg, jax.device_get(host))), None
   other.close()
-  return f"step {step} of that workdir", {**_flatten(stored), "__checkpoint__": (src, step)}
+  return f"step {step} of that workdir", _flatten(stored), (src, step)
 
 
 def load_params(init_from: str, mcfg, fresh_params, shardings):
   """`fresh_params` with every parameter that `init_from` (a workdir or a HF model dir) also has replaced
   by its value there. Parameters only here (a new head) keep their fresh values, parameters only there
   are left out; both are logged. A parameter whose shape differs is an error naming it."""
-  what, theirs = _params_from(init_from, mcfg)
-  checkpoint = theirs.pop("__checkpoint__", None)
+  what, theirs, checkpoint = _params_from(init_from, mcfg)
   ours, sh = _flatten(fresh_params), _flatten(shardings)
   for name, leaf in ours.items():
     if name in theirs and tuple(theirs[name].shape) != tuple(leaf.shape):
