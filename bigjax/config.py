@@ -189,7 +189,9 @@ def default_config() -> ml_collections.ConfigDict:
   # "pydoc_prose" | "stdlib_code" (embedded corpora), a local text file path or glob (one
   # document per file), or "tfds:NAME[/CONFIG]" for any TFDS dataset (see data.text_key).
   c.data.source = "stdlib_code"
-  c.data.text_key = "text"  # Feature holding the text, for tfds: sources.
+  c.data.text_key = "text"  # Field with the (input) text: a TFDS feature, a JSONL key or a CSV column.
+  c.data.target_key = ""  # Field with the target text or label (text_to_text, classification).
+  c.data.labels = ""  # Classification: label names in index order, comma-separated ("" = sorted train labels).
   c.data.train_split = "train"  # Split names, for tfds: sources.
   c.data.eval_split = "validation"
   c.data.data_dir = ""  # TFDS data dir ("" = TFDS default, ~/tensorflow_datasets). May be gs://.
@@ -198,7 +200,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = "code_sp4k.model"  # Shipped in tokenizers/, made for the default source.
   # How windows of tokens become batches: "causal_lm" (decoder), "masked_lm" (encoder), "span_corruption"
   # (encoder_decoder); "" = the model family's own.
+  # Labelled records: "text_to_text" (decoder, encoder_decoder), "classification" (encoder). Also
+  # "prefix_lm" (decoder, encoder_decoder) on plain text.
   c.data.objective = ""
+  c.data.target_len = 0  # Decoder length of text_to_text on an encoder_decoder (0 = data.seq_len).
+  c.data.pack = True  # text_to_text: pack several examples into each training row (segment_ids, positions).
   c.data.seq_len = 256  # Tokens per training example (the encoder's input length for span corruption).
   c.data.batch_size = 16  # Global batch (examples per step, summed over all processes).
   c.data.eval_batches = 8  # Eval batches per evaluation (0 = the whole eval split).
@@ -248,10 +254,12 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   mcfg = model_config(config)
   for name in ("seq_len", "batch_size"):
     _positive(f"data.{name}", config.data[name])
-  if config.data.seq_len > mcfg.max_len:
+  if mcfg.positions == "learned" and config.data.seq_len > mcfg.max_len:
     raise ConfigError(
         f"data.seq_len={config.data.seq_len} is longer than model.max_len={mcfg.max_len} "
         "(the model's learned positions); lower data.seq_len or raise model.max_len")
+  if config.data.target_len < 0:
+    raise ConfigError(f"data.target_len={config.data.target_len}: must be >= 0 (0 = data.seq_len)")
   if config.data.eval_batches < 0:
     raise ConfigError(f"data.eval_batches={config.data.eval_batches}: must be >= 0")
   for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):

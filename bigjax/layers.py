@@ -128,6 +128,25 @@ def padding_mask(mask: Array | None) -> Array | None:
   return None if mask is None else mask.astype(jnp.bool_)[:, None, None, :]
 
 
+def segment_mask(q_segments: Array | None, kv_segments: Array | None = None) -> Array | None:
+  """Packed rows: `[batch, q_len]` and `[batch, kv_len]` segment ids (0 = padding) → boolean
+  `[batch, 1, q_len, kv_len]`: a query sees only keys of its own segment, and no key of segment 0."""
+  if q_segments is None:
+    return None
+  kv_segments = q_segments if kv_segments is None else kv_segments
+  return ((q_segments[:, None, :, None] == kv_segments[:, None, None, :])
+          & (kv_segments[:, None, None, :] != 0))
+
+
+def prefix_visible(prefix_mask: Array | None) -> Array | None:
+  """Prefix LM: `[batch, length]` 1 on the prefix → boolean `[batch, 1, length, length]` that lets prefix
+  tokens see each other both ways (OR it with the causal mask; segments still apply)."""
+  if prefix_mask is None:
+    return None
+  p = prefix_mask.astype(jnp.bool_)
+  return p[:, None, :, None] & p[:, None, None, :]
+
+
 def combine_masks(*masks: Array | None) -> Array | None:
   out = None
   for m in masks:

@@ -19,8 +19,11 @@
       tokenized with the workdir's tokenizer (or --tokenizer NAME); --prompt_ids "1,2,3" gives ids
       instead. Decoders continue the prompt; encoder-decoders (T5) read it and write the answer.
 
-  bigjax tokenizer train --source SOURCE --vocab_size N [--model_type unigram|bpe] --out FILE
-      Trains a SentencePiece model on a source (pydoc_prose, stdlib_code, a path/glob, tfds:NAME).
+  bigjax tokenizer train --input SOURCE --vocab_size N [--model_type unigram|bpe]
+         [--text_key FIELD] [--special_pieces none|bert|t5|all] --out FILE
+      Trains a SentencePiece model on a source (pydoc_prose, stdlib_code, a path/glob of text, JSONL
+      or CSV files, tfds:NAME); --text_key names the text field of records. --special_pieces bert
+      adds [CLS] [SEP] [MASK], t5 the sentinels <extra_id_0>..<extra_id_99>, all both.
 
 Bad settings stop before anything compiles, with one line naming the setting (exit status 2).
 """
@@ -39,7 +42,7 @@ COMMANDS = {
     "train": "train or resume a run: --config FILE --workdir DIR [--config.a.b=value ...]",
     "convert": "Hugging Face ⇄ bigjax weights: --from_hf HF_DIR --workdir DIR, or --workdir DIR --to_hf HF_DIR",
     "decode": "generate text: --workdir DIR (or --hf HF_DIR) --prompt TEXT [sampling or beam flags]",
-    "tokenizer": "tokenizer train: train a SentencePiece model (--source, --vocab_size, --model_type, --out)",
+    "tokenizer": "tokenizer train: train a SentencePiece model (--input, --vocab_size, --model_type, --out)",
 }
 
 FLAGS = flags.FLAGS
@@ -48,14 +51,18 @@ _CONFIG = config_flags.DEFINE_config_file(
     "ARG. Override any value with --config.a.b=value.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config.json, metrics.jsonl, "
                                "TensorBoard events, checkpoints/, samples.txt. May be gs://.")
-_SOURCE = flags.DEFINE_string("source", "pydoc_prose", "tokenizer train: text source "
-                              "(pydoc_prose, stdlib_code, a path or glob, or tfds:NAME).")
+_INPUT = flags.DEFINE_string("input", "pydoc_prose", "tokenizer train: text source (pydoc_prose, "
+                             "stdlib_code, a path or glob of text, JSONL or CSV files, or tfds:NAME).")
 _SPLIT = flags.DEFINE_string("split", "train", "tokenizer train: split of the source to read.")
-_TEXT_KEY = flags.DEFINE_string("text_key", "text", "tokenizer train: text feature of a tfds: source.")
+_TEXT_KEY = flags.DEFINE_string("text_key", "text", "tokenizer train: the text field of JSONL/CSV records "
+                                "or the text feature of a tfds: source.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8192, "tokenizer train: vocabulary size.")
 _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "tokenizer train: algorithm.")
 _OUT = flags.DEFINE_string("out", None, "tokenizer train: where to write the .model file.")
 _MAX_SENTENCES = flags.DEFINE_integer("max_sentences", 2_000_000, "tokenizer train: lines sampled for training.")
+_SPECIAL_PIECES = flags.DEFINE_enum("special_pieces", "none", ["none", "bert", "t5", "all"],
+                                    "tokenizer train: pieces for objectives: bert = [CLS] [SEP] [MASK], "
+                                    "t5 = <extra_id_0>..<extra_id_99>, all = both.")
 _FROM_HF = flags.DEFINE_string("from_hf", None, "convert: Hugging Face model directory to read.")
 _TO_HF = flags.DEFINE_string("to_hf", None, "convert: directory to write a Hugging Face model into.")
 _HF = flags.DEFINE_string("hf", None, "decode: a Hugging Face model directory to decode with (instead of --workdir).")
@@ -78,7 +85,8 @@ _COMMAND_FLAGS = {
     "convert": ("from_hf", "to_hf", "workdir"),
     "decode": ("workdir", "hf", "prompt", "prompt_ids", "tokenizer", "max_new_tokens", "temperature", "top_k",
                "top_p", "num_beams", "length_penalty", "seed"),
-    "tokenizer": ("source", "split", "text_key", "vocab_size", "model_type", "out", "max_sentences"),
+    "tokenizer": ("input", "split", "text_key", "vocab_size", "model_type", "special_pieces", "out",
+                  "max_sentences"),
 }
 
 
@@ -189,14 +197,18 @@ def _decode(args: list[str]) -> None:
 
 def _tokenizer(args: list[str]) -> None:
   if args != ["train"]:
-    fail(f"usage: bigjax tokenizer train --source SOURCE --vocab_size N --out FILE (got {args})")
+    fail(f"usage: bigjax tokenizer train --input SOURCE --vocab_size N --out FILE (got {args})")
   if not _OUT.value:
     fail("--out is required: the .model file to write")
   from bigjax.data import sources, tokenizer  # pylint: disable=g-import-not-at-top
-  docs = sources.documents(_SOURCE.value, _SPLIT.value, text_key=_TEXT_KEY.value)
+  specials = {"none": [], "bert": list(tokenizer.BERT_SPECIALS), "t5": tokenizer.sentinel_pieces(),
+              "all": list(tokenizer.BERT_SPECIALS) + tokenizer.sentinel_pieces()}[_SPECIAL_PIECES.value]
+  docs = sources.documents(_INPUT.value, _SPLIT.value, text_key=_TEXT_KEY.value)
   tok = tokenizer.train_sentencepiece(sources.iter_texts(docs), _OUT.value, vocab_size=_VOCAB.value,
-                                      model_type=_MODEL_TYPE.value, max_sentences=_MAX_SENTENCES.value)
-  print(f"bigjax: wrote {_OUT.value} ({tok.vocab_size} ids, {tok.fingerprint})")
+                                      model_type=_MODEL_TYPE.value, max_sentences=_MAX_SENTENCES.value,
+                                      special_pieces=specials)
+  extra = f", {len(specials)} special pieces" if specials else ""
+  print(f"bigjax: wrote {_OUT.value} ({tok.vocab_size} ids{extra}, {tok.fingerprint})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,8 +33,8 @@ from bigjax.config import ConfigError
 from bigjax.data import pipeline
 
 # Settings that fix what a workdir holds: a resumed run must not change them.
-_PINNED = ("model", "data.tokenizer", "data.source", "data.objective", "data.seq_len", "data.batch_size",
-           "train.seed")
+_PINNED = ("model", "data.tokenizer", "data.source", "data.text_key", "data.target_key", "data.labels",
+           "data.objective", "data.seq_len", "data.target_len", "data.pack", "data.batch_size", "train.seed")
 _PROMPT_LEN = 16
 
 
@@ -76,9 +76,11 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> dic
     raise ConfigError(f"--workdir={workdir} holds a model converted from {old['converted_from']}, not a run; "
                       f"train in a new --workdir with --config.train.init_from={workdir}")
   new_flat, old_flat = _flat(json.loads(config.to_json_best_effort())), _flat(old)
+  # A setting the saved config predates had its default then.
+  defaults = _flat(json.loads(config_lib.default_config().to_json_best_effort()))
   for key in sorted(set(new_flat) | set(old_flat)):
     if any(key == p or key.startswith(p + ".") for p in _PINNED):
-      if new_flat.get(key) != old_flat.get(key):
+      if new_flat.get(key) != old_flat.get(key, defaults.get(key)):
         raise ConfigError(
             f"--workdir={workdir} holds a run with {key}={old_flat.get(key)!r}, but this config has "
             f"{key}={new_flat.get(key)!r}; use a new --workdir (or start from it with train.init_from)")
@@ -158,9 +160,12 @@ def make_train_step(module, tx, schedule, seed: int):
 
 
 def make_eval_step(module):
+  """(sum of cross-entropies, sum of weights, weighted count of argmax == target)."""
   def eval_step(params, batch):
     logits = module.apply({"params": params}, batch["inputs"], **model_inputs(batch), deterministic=True)
-    return weighted_xent(logits, batch["targets"], batch["weights"])
+    total, count = weighted_xent(logits, batch["targets"], batch["weights"])
+    hits = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * batch["weights"])
+    return total, count, hits
   return eval_step
 
 
@@ -190,7 +195,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   schedule = optim.schedule(config)
   seq_len = config.data.seq_len
 
-  example_batch = data.train.batch(0)
+  example_batch = data.train.example_batch()
 
   def init_state(rng):
     params = init_params(module, example_batch, rng)
@@ -211,8 +216,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     log(f"note: {workdir} has a config.json but no complete checkpoint; starting from scratch")
   target = ckpt_lib.abstract_with_shardings(abstract, state_sh)
   with partitioning.activate(mesh, rules):
+    position = None  # Where the data stream resumes (packed streams need it; windows need only the step).
     if latest is not None:
-      state, _ = ckpt.restore(latest, target)
+      state, meta = ckpt.restore(latest, target)
+      position = meta.get("data", {}).get("position")
       source = f"this workdir's checkpoint at step {latest}"
     else:
       init = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_sh)
@@ -228,8 +235,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     write_json_atomic(workdir / "config.json", resolved)
   log(f"bigjax: {mcfg.family} with {n_params:,} params; mesh {dict(mesh.shape)} on {jax.device_count()} "
       f"{jax.devices()[0].platform} device(s), {pc} process(es)")
-  log(f"bigjax: data {config.data.source} ({len(data.train_tokens):,} train tokens, tokenizer {tok.name} "
-      f"with {tok.vocab_size} ids); {data.objective.name}, batch {config.data.batch_size} x {seq_len}")
+  size = (f"{len(data.train.records):,} train records" if data.eval_windows is None
+          else f"{len(data.train_tokens):,} train tokens")
+  log(f"bigjax: data {config.data.source} ({size}, tokenizer {tok.name} with {tok.vocab_size} ids); "
+      f"{data.objective.name}, batch {config.data.batch_size} x {seq_len}")
   log(f"bigjax: state from {source}; training steps {start} → {config.train.steps} in {workdir}")
 
   # Step functions, compiled ahead of time.
@@ -240,24 +249,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     step_fn = jax.jit(make_train_step(module, tx, schedule, config.train.seed),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(module), in_shardings=(state_sh.params, batch_sh), out_shardings=repl)
-    example = partitioning.global_batch(data.train.batch(start), mesh)
+    example = partitioning.global_batch(example_batch, mesh)
     step_fn = step_fn.lower(state, example).compile()
     eval_fn = eval_fn.lower(state.params, partitioning.global_batch(data.eval[0], mesh)).compile()
     log(f"bigjax: compiled train and eval steps in {time.time() - t0:.1f}s")
 
   # Eval constants: unigram floor and bytes per eval set (on the global eval batches).
   # Special ids of the objective (sentinels, [MASK]) stand for no bytes of text.
+  # Classification's targets are label indices: its floor is the label prior, and it has no bytes.
   special = None
-  if data.objective.extra_ids:  # Sentinels or [MASK]-style ids among the targets: sample their frequency.
+  if data.objective.extra_ids and data.eval_windows is not None:  # Sentinels or [MASK] among the targets.
     sample = [data.train.batch(s) for s in range(16)]
     special = np.concatenate([b["targets"][b["weights"] > 0] for b in sample])
-  unigram = pipeline.unigram_log_probs(data.train_tokens, mcfg.vocab_size, special, tok.vocab_size)
-  byte_lengths = np.zeros(mcfg.vocab_size, np.int64)
-  byte_lengths[:tok.vocab_size] = tok.byte_lengths()
-  ref = pipeline.eval_reference(
-      pipeline.eval_batches(data.eval_windows, data.objective, global_batch=config.data.batch_size,
-                            num_batches=config.data.eval_batches, seed=config.train.seed),
-      unigram, byte_lengths)
+  target_vocab = len(data.labels) if data.labels else mcfg.vocab_size
+  unigram = pipeline.unigram_log_probs(data.train_tokens, target_vocab, special, tok.vocab_size)
+  byte_lengths = np.zeros(target_vocab, np.int64)
+  if not data.labels:
+    byte_lengths[:tok.vocab_size] = tok.byte_lengths()
+  ref = pipeline.eval_reference(data.eval_global, unigram, byte_lengths)
 
   writer = MetricsWriter(workdir)
   sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
@@ -267,22 +276,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   def evaluate(step: int) -> dict[str, float]:
     with partitioning.activate(mesh, rules):
-      tot = cnt = 0.0
+      tot = cnt = hits = 0.0
       for b in data.eval:
-        s, c = eval_fn(state.params, partitioning.global_batch(b, mesh))
-        tot += float(s)
-        cnt += float(c)
+        s, c, h = eval_fn(state.params, partitioning.global_batch(b, mesh))
+        tot, cnt, hits = tot + float(s), cnt + float(c), hits + float(h)
     loss = tot / cnt
-    m = {"loss": loss, "unigram_loss": ref["unigram_nats"] / ref["tokens"],
-         "bits_per_byte": tot / math.log(2) / max(ref["bytes"], 1.0), "perplexity": math.exp(min(loss, 80.0))}
+    m = {"loss": loss, "unigram_loss": ref["unigram_nats"] / ref["tokens"], "accuracy": hits / cnt}
+    if data.labels:  # Classification: accuracy of the label; the floor is the label prior.
+      log(f"eval  step {step}: loss {loss:.4f} (label prior {m['unigram_loss']:.4f}) accuracy {m['accuracy']:.4f}")
+    else:
+      m.update(bits_per_byte=tot / math.log(2) / max(ref["bytes"], 1.0), perplexity=math.exp(min(loss, 80.0)))
+      log(f"eval  step {step}: loss {m['loss']:.4f} (unigram {m['unigram_loss']:.4f}, ratio "
+          f"{m['loss'] / m['unigram_loss']:.3f}) bits/byte {m['bits_per_byte']:.4f} ppl {m['perplexity']:.2f} "
+          f"accuracy {m['accuracy']:.4f}")
     writer.write(step, "eval", m)
-    log(f"eval  step {step}: loss {m['loss']:.4f} (unigram {m['unigram_loss']:.4f}, ratio "
-        f"{m['loss'] / m['unigram_loss']:.3f}) bits/byte {m['bits_per_byte']:.4f} ppl {m['perplexity']:.2f}")
     write_samples(step)
     return m
 
   def write_samples(step: int) -> None:
-    if mcfg.family != "decoder":  # Samples continue text: only language models write them.
+    if mcfg.family != "decoder" or data.eval_windows is None:  # Samples continue text windows: LMs only.
       return
     n = min(config.train.num_samples, len(data.eval[0]["inputs"]))
     if n <= 0 or sample_len <= 0:
@@ -304,12 +316,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   last_train: dict[str, float] = {}
   steps = config.train.steps
   window_t, window_steps, run_t0 = time.time(), 0, time.time()
-  it = data.train.iterate(start)
+  it = data.train.iterate(start, position)
   last_finite = None
   step = start
   for step in range(start + 1, steps + 1):
     with partitioning.activate(mesh, rules):
-      state, metrics = step_fn(state, partitioning.global_batch(next(it), mesh))
+      batch, position = next(it)
+      state, metrics = step_fn(state, partitioning.global_batch(batch, mesh))
     window_steps += 1
     if step % config.train.log_every == 0 or step == steps:
       metrics = jax.device_get(metrics)
@@ -334,8 +347,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       last_eval = evaluate(step)
       window_t, window_steps = time.time(), 0  # Eval time is not training throughput.
     if step % config.train.checkpoint_every == 0 or step == steps:
-      ckpt.save(step, state, {"step": step, "config": resolved,
-                              "data": {"seed": config.train.seed, "examples_consumed": step * config.data.batch_size}})
+      ckpt.save(step, state, {"step": step, "config": resolved, "data": {"seed": config.train.seed,
+                                                                          "position": position}})
   t_wait = time.time()
   ckpt.wait()
   ckpt.close()

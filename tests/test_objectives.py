@@ -82,7 +82,7 @@ def test_span_corruption_statistics():
 
 
 def test_bad_settings_are_named():
-  with pytest.raises(ConfigError, match="data.objective='prefix_lm': allowed values are"):
-    objectives.make("prefix_lm", 64, None)
+  with pytest.raises(ConfigError, match="data.objective='prefix_llm': allowed values are"):
+    objectives.make("prefix_llm", 64, None)
   with pytest.raises(ConfigError, match="data.seq_len=4 is too short for span corruption"):
     objectives.SpanCorruption(seq_len=4, base_vocab=50, eos_id=1, pad_id=0)

@@ -55,7 +55,8 @@ def test_iterator_equals_pure_function_of_step():
   s = make_stream()
   it = s.iterate(5)
   for step in range(5, 9):
-    got, want = next(it), s.batch(step)
+    (got, position), want = next(it), s.batch(step)
+    assert position == {"next_example": (step + 1) * 4}  # What the checkpoint saves after this step.
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
 

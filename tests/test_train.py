@@ -35,7 +35,7 @@ def test_workdir_records_the_run(uninterrupted):
   assert set(rows[0]) == {"step", "split", "loss", "learning_rate", "grad_norm", "tokens_per_s"}
   evals = read_metrics(workdir, "eval")
   assert [r["step"] for r in evals] == [3, 6]
-  assert set(evals[0]) == {"step", "split", "loss", "unigram_loss", "bits_per_byte", "perplexity"}
+  assert set(evals[0]) == {"step", "split", "loss", "unigram_loss", "bits_per_byte", "perplexity", "accuracy"}
   assert rows[-1]["loss"] < rows[0]["loss"]  # It learns.
   e = evals[-1]
   assert e["perplexity"] == pytest.approx(np.exp(e["loss"]))
@@ -150,3 +150,69 @@ def test_every_family_trains_resumes_exactly_and_agrees_across_meshes(text_file,
   tuned = str(tmp_path / "tuned")
   train.train(cfg(**{"model.scan_layers": True, "train.init_from": full, "train.steps": 1}), tuned)
   assert read_metrics(tuned)[0]["loss"] < losses[0] - 0.1
+
+
+WORDS = ("alpha", "beta", "gamma", "delta", "omega")
+
+
+@pytest.fixture(scope="module")
+def labelled_files(tmp_path_factory):
+  """A JSONL text-to-text task (code → summary) and a CSV classification task, split by file name."""
+  import csv
+  d = tmp_path_factory.mktemp("labelled")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 160), ("validation", 24)):
+    with open(d / f"{split}.jsonl", "w") as f:
+      for i in range(n):
+        a, b = rng.choice(WORDS, 2)
+        code = f"def f{i}({a}, {b}):\n    return {a} + {b}" + " " * int(rng.integers(0, 30))
+        f.write(json.dumps({"code": code, "summary": f"add {a} and {b}", "id": i}) + "\n")
+    with open(d / f"{split}.csv", "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["text", "label"])
+      for i in range(n):
+        label = WORDS[i % 3]
+        w.writerow([f"{label} {' '.join(rng.choice(WORDS, 4))}, and more", label])
+  return str(d)
+
+
+def test_text_to_text_packed_trains_and_resumes_exactly(labelled_files, tmp_path):
+  cfg = lambda **kw: tiny_config(os.path.join(labelled_files, "*.jsonl"), **{
+      **FAMILIES["encoder_decoder"], "data.objective": "text_to_text", "data.text_key": "code",
+      "data.target_key": "summary", "data.seq_len": 128, "data.target_len": 48, "train.steps": 4,
+      "train.eval_every": 4, "train.checkpoint_every": 2, **kw})
+  full = str(tmp_path / "full")
+  out = train.train(cfg(), full)
+  losses = [r["loss"] for r in read_metrics(full)]
+  assert losses[-1] < losses[0] and 0 <= out["eval_accuracy"] <= 1
+  part = str(tmp_path / "part")
+  train.train(cfg(**{"train.steps": 2}), part)
+  from bigjax import checkpoint
+  meta = checkpoint.Checkpointer(part).restore_meta(2)
+  assert meta["data"]["position"]["next_example"] > 2 * 8  # Packed: more examples than rows (batch 8).
+  train.train(cfg(), part)
+  assert [r["loss"] for r in read_metrics(part)] == losses  # Resumed from the saved data position.
+  with pytest.raises(ConfigError, match="data.pack"):  # The stream's shape is pinned in the workdir.
+    train.train(cfg(**{"data.pack": False, "train.steps": 6}), part)
+
+
+def test_classification_and_prefix_lm_train(labelled_files, text_file, tmp_path):
+  cfg = tiny_config(os.path.join(labelled_files, "*.csv"), **{
+      **FAMILIES["encoder"], "model.encoder_head": "classifier", "model.num_labels": 3,
+      "data.objective": "classification", "data.target_key": "label", "data.seq_len": 32,
+      "train.steps": 3, "train.eval_every": 3})
+  out = train.train(cfg, str(tmp_path / "cls"))
+  ev = read_metrics(str(tmp_path / "cls"), "eval")[-1]
+  assert ev["unigram_loss"] == pytest.approx(np.log(3), rel=0.02)  # Balanced labels: the prior is log 3.
+  assert set(ev) == {"step", "split", "loss", "unigram_loss", "accuracy"} and 0 <= out["eval_accuracy"] <= 1
+  with pytest.raises(ConfigError, match="model.num_labels=2"):
+    train.train(tiny_config(os.path.join(labelled_files, "*.csv"), **{
+        **FAMILIES["encoder"], "model.encoder_head": "classifier", "model.num_labels": 3,
+        "data.objective": "classification", "data.target_key": "label", "data.labels": "alpha,beta"}),
+        str(tmp_path / "bad"))
+  with pytest.raises(ConfigError, match="data.target_key"):
+    train.train(tiny_config(os.path.join(labelled_files, "*.csv"), **{"data.objective": "text_to_text"}),
+                str(tmp_path / "bad2"))
+  out = train.train(tiny_config(text_file, **{"data.objective": "prefix_lm", "train.steps": 2,
+                                              "train.eval_every": 2}), str(tmp_path / "prefix"))
+  assert np.isfinite(out["eval_loss"])

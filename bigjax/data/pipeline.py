@@ -1,15 +1,23 @@
-"""tf.data input pipeline: read → tokenize → concatenate and window → shuffle → batch → shard → prefetch.
+"""tf.data input pipeline: read → tokenize → objective → pack → batch → per-process rows → prefetch.
 
-Data position is a pure function of (seed, step), as in Levanter: a split is tokenized once (inside
-the tf.data graph, in parallel) into one token stream, cached on disk, and cut into windows of
-`seq_len + 1` tokens. Global example `g` of the training stream is window `perm_e[g mod N]` of
-epoch `e = g div N`, where `perm_e` is a permutation seeded by (seed, e). A step's batch is
-examples `[step * B, (step + 1) * B)`, and process `p` of `P` takes rows `[p * B/P, (p+1) * B/P)`.
-So resuming at step k needs no iterator state and no seek, and every host computes its own
-slice without coordination; the union over processes is exactly the single-process batch.
+Two kinds of stream, one rule for order. Window objectives (causal LM, masked LM, span corruption,
+prefix LM): a split is tokenized once (inside the tf.data graph, in parallel) into one token stream,
+cached on disk, and cut into windows. Record objectives (text-to-text, classification): each record's
+fields are tokenized once and cached; one record is one example. Either way, global example `g` of the
+training stream is item `perm_e[g mod N]` of epoch `e = g div N`, where `perm_e` is a permutation
+seeded by (seed, e), and an example's own randomness is seeded by (seed, g).
 
-Batches are dicts of numpy arrays: `inputs` and `targets` `[batch, seq_len]` int32 (targets are
-inputs shifted by one) and `weights` `[batch, seq_len]` float32 (0 for padding).
+Window batches are examples `[step * B, (step + 1) * B)`: the data position is a pure function of the
+step, as in Levanter. Packed record batches fill B rows with as many consecutive examples as fit
+(first fit), so a batch's first example depends on the batches before it: the position after each
+batch (`{"next_example": g}`) travels with it and is saved in every checkpoint, and a resumed stream
+starts there (T5X checkpoints its iterator the same way). Every process computes the same global
+plan and builds only its rows `[p * B/P, (p+1) * B/P)`, so no host coordinates with another and the
+union over processes is exactly the single-process batch.
+
+Batches are dicts of numpy arrays `[rows, ...]`: `inputs`, `targets`, `weights` (0 for padding; the
+loss is the weighted cross-entropy), and the model's other inputs (`segment_ids`, `positions`,
+`prefix_mask`, `attention_mask`, `decoder_input_ids`, `decoder_segment_ids`) where the objective has them.
 """
 
 from __future__ import annotations
@@ -138,21 +146,40 @@ class TrainStream:
     x = self.windows.gather(self.indices(step))
     return objectives.batch(self.objective, x, _rngs(self.seed, 0, self.examples(step)))
 
-  def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches for steps start_step, start_step + 1, ... prepared ahead by tf.data."""
-    example = self.batch(start_step)
-    keys = sorted(example)
-    specs = [tf.TensorSpec(example[k].shape, tf.as_dtype(example[k].dtype)) for k in keys]
+  def example_batch(self) -> dict[str, np.ndarray]:
+    return self.batch(0)
 
-    def make(step):
-      b = self.batch(int(step))
-      return tuple(b[k] for k in keys)
+  def position(self, step: int) -> dict[str, int]:
+    """The data position after `step` steps (for the checkpoint; windows need only the step)."""
+    return {"next_example": step * self.global_batch}
 
-    ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-    ds = ds.map(lambda s: tf.numpy_function(make, [s], [sp.dtype for sp in specs], stateful=False),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda *xs: {k: tf.ensure_shape(x, sp.shape) for k, x, sp in zip(keys, xs, specs)})
-    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  def iterate(self, start_step: int, position: dict | None = None) -> Iterator[tuple[dict, dict]]:
+    """(batch, position after it) for steps start_step, start_step + 1, ..., prepared ahead by tf.data."""
+    if position is not None and position.get("next_example") != start_step * self.global_batch:
+      raise ValueError(f"data position {position} is not step {start_step}'s")
+    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(lambda s: {"step": s})
+    return _prefetched(lambda plan: self.batch(int(plan["step"])), steps, self.batch(start_step),
+                       lambda plan: self.position(int(plan["step"]) + 1))
+
+
+def _prefetched(make_batch, plans: tf.data.Dataset, example: dict, position_after):
+  """Batches built from `plans` (dicts of int64 tensors) in parallel, in order, prefetched by tf.data;
+  yields (batch, the data position after it)."""
+  keys = sorted(example)
+  specs = [tf.TensorSpec(example[k].shape, tf.as_dtype(example[k].dtype)) for k in keys]
+  plan_keys = sorted(plans.element_spec)
+
+  def make(*values):
+    b = make_batch(dict(zip(plan_keys, values)))
+    return tuple(b[k] for k in keys)
+
+  def build(plan):
+    xs = tf.numpy_function(make, [plan[k] for k in plan_keys], [sp.dtype for sp in specs], stateful=False)
+    return {k: tf.ensure_shape(x, sp.shape) for k, x, sp in zip(keys, xs, specs)}, plan
+
+  ds = plans.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  for batch, plan in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    yield batch, position_after(plan)
 
 
 def eval_batches(windows: Windows, objective, *, global_batch: int, num_batches: int, seed: int = 0,
@@ -178,15 +205,193 @@ def eval_batches(windows: Windows, objective, *, global_batch: int, num_batches:
 
 
 @dataclasses.dataclass
+class Records:
+  """Tokenized records: each field's ids flat with offsets (`[n + 1]`), or labels as indices."""
+
+  inputs: np.ndarray
+  input_offsets: np.ndarray
+  targets: np.ndarray | None = None  # Target ids (text_to_text).
+  target_offsets: np.ndarray | None = None
+  labels: np.ndarray | None = None  # Label indices (classification).
+
+  def __len__(self) -> int:
+    return len(self.input_offsets) - 1
+
+  def input_lengths(self) -> np.ndarray:
+    return np.diff(self.input_offsets)
+
+  def target_lengths(self) -> np.ndarray:
+    return np.diff(self.target_offsets) if self.target_offsets is not None else np.zeros(len(self), np.int64)
+
+  def get(self, i: int):
+    inp = np.asarray(self.inputs[self.input_offsets[i]:self.input_offsets[i + 1]], np.int32)
+    if self.labels is not None:
+      return inp, int(self.labels[i])
+    return inp, np.asarray(self.targets[self.target_offsets[i]:self.target_offsets[i + 1]], np.int32)
+
+  def target_ids(self) -> np.ndarray:
+    return np.asarray(self.labels if self.labels is not None else self.targets)
+
+
+class RecordStream:
+  """The training batches of one process from records: one example per row, or packed rows.
+
+  `plan(cursor)` is the global batch that starts at example `cursor`: examples cursor, cursor + 1, ...
+  each placed in the first of the B rows with room for it (first fit), until one fits nowhere; it then
+  starts the next batch. Without packing each row holds one example and the plan is a function of the step.
+  """
+
+  def __init__(self, records: Records, objective, *, global_batch: int, seed: int, pack: bool,
+               process_index: int = 0, process_count: int = 1):
+    if len(records) == 0:
+      raise ConfigError("the train split holds no records")
+    if global_batch % process_count:
+      raise ConfigError(f"data.batch_size={global_batch} does not divide over {process_count} processes")
+    self.records, self.objective, self.seed = records, objective, seed
+    self.pack = pack and objective.packable
+    self.global_batch, self.local_batch = global_batch, global_batch // process_count
+    self.row0 = process_index * self.local_batch
+    self.lengths = objective.lengths(records.input_lengths(), records.target_lengths())
+    self.capacity = np.asarray(objective.capacity)
+
+  @functools.lru_cache(maxsize=4)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+
+  def record(self, g: int) -> int:
+    """The record that global example `g` is."""
+    n = len(self.records)
+    return int(self._permutation(g // n)[g % n])
+
+  def plan(self, cursor: int) -> tuple[list[list[int]], int]:
+    """(global example indices of each of the B rows, the cursor after them)."""
+    if not self.pack:
+      return [[cursor + r] for r in range(self.global_batch)], cursor + self.global_batch
+    rows = [[] for _ in range(self.global_batch)]
+    used = np.zeros((self.global_batch, len(self.capacity)), np.int64)
+    g = cursor
+    while True:  # First fit: each example goes to the first row with room; none has room → batch done.
+      room = np.all(used + self.lengths[self.record(g)] <= self.capacity, axis=1)
+      if not room.any():
+        return rows, g
+      r = int(np.argmax(room))
+      rows[r].append(g)
+      used[r] += self.lengths[self.record(g)]
+      g += 1
+
+  def build(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
+    """This process's rows of a global plan, as a batch."""
+    mine = rows[self.row0:self.row0 + self.local_batch]
+    return objectives.stack([self.objective.row([self.records.get(self.record(g)) for g in row]) for row in mine])
+
+  def example_batch(self) -> dict[str, np.ndarray]:
+    return self.build(self.plan(0)[0])
+
+  def cursor_at(self, step: int) -> int:
+    """The cursor after `step` batches, replayed from the start (what a checkpoint's position saves)."""
+    if not self.pack:
+      return step * self.global_batch
+    cursor = 0
+    for _ in range(step):
+      cursor = self.plan(cursor)[1]
+    return cursor
+
+  def iterate(self, start_step: int, position: dict | None = None) -> Iterator[tuple[dict, dict]]:
+    """(batch, position after it) from `position` (a checkpoint's), else from step `start_step` replayed."""
+    cursor = int(position["next_example"]) if position else self.cursor_at(start_step)
+    width = max(1, int(self.capacity.max()))  # No row holds more examples than tokens.
+
+    def plans():
+      c = cursor
+      while True:
+        rows, nxt = self.plan(c)
+        table = np.full((self.global_batch, width), -1, np.int64)
+        for r, row in enumerate(rows):
+          table[r, :len(row)] = row
+        yield {"rows": table, "next_example": np.int64(nxt)}
+        c = nxt
+
+    ds = tf.data.Dataset.from_generator(plans, output_signature={
+        "rows": tf.TensorSpec((self.global_batch, width), tf.int64), "next_example": tf.TensorSpec((), tf.int64)})
+    make = lambda plan: self.build([[int(g) for g in row if g >= 0] for row in plan["rows"]])
+    return _prefetched(make, ds, self.example_batch(), lambda plan: {"next_example": int(plan["next_example"])})
+
+
+def record_eval_batches(records: Records, objective, *, global_batch: int, num_batches: int,
+                        process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
+  """The first `num_batches` global batches of eval records in order (0 = all), one example per row,
+  this process's rows; the last batch is filled with weight-0 rows so every record counts once."""
+  total = len(records) if num_batches == 0 else min(len(records), num_batches * global_batch)
+  if total == 0:
+    raise ConfigError("the eval split holds no records")
+  local = global_batch // process_count
+  out = []
+  for start in range(0, total, global_batch):
+    rows = np.arange(start + process_index * local, start + (process_index + 1) * local)
+    batch = objectives.stack([objective.row([records.get(int(r) if r < total else 0)]) for r in rows])
+    valid = rows < total
+    batch["weights"] = batch["weights"] * valid.reshape((-1,) + (1,) * (batch["weights"].ndim - 1))
+    out.append(batch)
+  return out
+
+
+def tokenize_records(source: str, split: str, tok, *, text_key: str, target_key: str, labels: bool,
+                     data_dir: str = "") -> tuple[Records, np.ndarray | None]:
+  """A split's records: `text_key` tokenized; `target_key` tokenized too, or kept as label strings when
+  `labels` (returned beside the records, which then hold no label indices yet). Cached like token streams."""
+  key = "|".join([_CACHE_VERSION, "records", sources.describe(source), split, text_key, target_key, str(labels),
+                  tok.fingerprint])
+  path = os.path.join(_cache_dir(data_dir), hashlib.sha256(key.encode()).hexdigest()[:20] + ".npz")
+  if not os.path.exists(path):
+    ds = sources.records(source, split, (text_key, target_key), data_dir_=data_dir,
+                         key_settings={text_key: "data.text_key", target_key: "data.target_key"})
+    with quiet_native_stderr():
+      encode = tok.tf_encoder()
+      ds = ds.map(lambda r: (encode(r[text_key]), r[target_key] if labels else encode(r[target_key])),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      pairs = list(ds.as_numpy_iterator())
+    if not pairs:
+      raise ConfigError(f"data.source={source!r}: the {split!r} split holds no records")
+    offsets = lambda xs: np.concatenate([[0], np.cumsum([len(x) for x in xs])]).astype(np.int64)
+    flat = lambda xs: np.concatenate([np.asarray(x, np.int32) for x in xs])
+    arrays = {"inputs": flat([a for a, _ in pairs]), "input_offsets": offsets([a for a, _ in pairs])}
+    if labels:
+      arrays["label_names"] = np.asarray([b.decode("utf-8", errors="replace") for _, b in pairs], dtype=str)
+    else:
+      arrays["targets"], arrays["target_offsets"] = flat([b for _, b in pairs]), offsets([b for _, b in pairs])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  with np.load(path, allow_pickle=False) as z:
+    arrays = {k: z[k] for k in z.files}
+  names = arrays.pop("label_names", None)
+  return Records(**arrays), names
+
+
+def label_indices(names: np.ndarray, labels: list[str], split: str) -> np.ndarray:
+  index = {name: i for i, name in enumerate(labels)}
+  unseen = sorted(set(names.tolist()) - set(index))
+  if unseen:
+    raise ConfigError(f"data.labels: the {split} split has label(s) {', '.join(map(repr, unseen[:5]))} that are "
+                      f"not among the {len(labels)} labels ({', '.join(map(repr, labels[:8]))}"
+                      f"{' ...' if len(labels) > 8 else ''}); list them in data.labels")
+  return np.asarray([index[n] for n in names.tolist()], np.int32)
+
+
+@dataclasses.dataclass
 class Data:
   """Everything the trainer needs from the data side of a config."""
 
   tokenizer: object
   objective: object
-  train: TrainStream
+  train: TrainStream | RecordStream
   eval: list
-  train_tokens: np.ndarray
-  eval_windows: Windows
+  train_tokens: np.ndarray  # The train split's target ids, to fit the unigram floor.
+  eval_windows: Windows | None  # Window objectives: the eval windows (sample prompts come from them).
+  labels: list[str] | None = None  # Classification: label names, in index order.
+  eval_global: list | None = None  # All processes' eval rows (for constants every process must agree on).
 
 
 def objective_name(config) -> str:
@@ -198,24 +403,74 @@ def objective_name(config) -> str:
   return name
 
 
-def build(config, process_index: int = 0, process_count: int = 1) -> Data:
-  d = config.data
-  tok = tokenizer_lib.load(d.tokenizer)
-  objective = objectives.make(objective_name(config), d.seq_len, tok)
+def _check_vocab(config, objective, tok) -> None:
   vocab, needed = config.model.vocab_size, objectives.vocab_size(objective, tok)
   if needed > vocab:
     extra = f" plus {objective.extra_ids} special ids of {objective.name}" if objective.extra_ids else ""
-    raise ConfigError(f"data.tokenizer={d.tokenizer!r} has {tok.vocab_size} ids{extra}, more than "
+    raise ConfigError(f"data.tokenizer={config.data.tokenizer!r} has {tok.vocab_size} ids{extra}, more than "
                       f"model.vocab_size={vocab}; raise model.vocab_size to at least {needed}")
+
+
+def build(config, process_index: int = 0, process_count: int = 1) -> Data:
+  from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  d = config.data
+  mcfg = config_lib.model_config(config)
+  tok = tokenizer_lib.load(d.tokenizer)
+  name = objective_name(config)
+  split_kw = dict(process_index=process_index, process_count=process_count)
+  if name in ("text_to_text", "classification"):
+    return _build_records(config, mcfg, tok, name, split_kw)
+
+  objective = objectives.make(name, d.seq_len, tok, family=mcfg.family)
+  _check_vocab(config, objective, tok)
   train_tokens = tokenize_split(d.source, d.train_split, tok, data_dir=d.data_dir, text_key=d.text_key)
   eval_tokens = tokenize_split(d.source, d.eval_split, tok, data_dir=d.data_dir, text_key=d.text_key)
   train_windows = Windows(train_tokens, objective.window, objective.stride)
   eval_windows = Windows(eval_tokens, objective.window, objective.stride)
-  stream = TrainStream(train_windows, objective, global_batch=d.batch_size, seed=config.train.seed,
-                       process_index=process_index, process_count=process_count)
+  stream = TrainStream(train_windows, objective, global_batch=d.batch_size, seed=config.train.seed, **split_kw)
   evals = eval_batches(eval_windows, objective, global_batch=d.batch_size, num_batches=d.eval_batches,
-                       seed=config.train.seed, process_index=process_index, process_count=process_count)
-  return Data(tok, objective, stream, evals, train_tokens, eval_windows)
+                       seed=config.train.seed, **split_kw)
+  whole = evals if process_count == 1 else eval_batches(eval_windows, objective, global_batch=d.batch_size,
+                                                        num_batches=d.eval_batches, seed=config.train.seed)
+  return Data(tok, objective, stream, evals, train_tokens, eval_windows, eval_global=whole)
+
+
+def _build_records(config, mcfg, tok, name: str, split_kw) -> Data:
+  d = config.data
+  if not d.target_key:
+    what = "the label" if name == "classification" else "the target text"
+    raise ConfigError(f"data.objective={name!r} reads labelled records: set data.target_key to the field with "
+                      f"{what} (data.text_key={d.text_key!r} holds the input)")
+  is_cls = name == "classification"
+  kw = dict(text_key=d.text_key, target_key=d.target_key, labels=is_cls, data_dir=d.data_dir)
+  train_recs, train_names = tokenize_records(d.source, d.train_split, tok, **kw)
+  eval_recs, eval_names = tokenize_records(d.source, d.eval_split, tok, **kw)
+  labels = None
+  if is_cls:
+    labels = [x.strip() for x in d.labels.split(",") if x.strip()] if d.labels else sorted(set(train_names.tolist()))
+    if len(labels) < 2:
+      raise ConfigError(f"data.target_key={d.target_key!r}: classification needs at least 2 labels; the train "
+                        f"split has {labels}")
+    if mcfg.encoder_head != "classifier" or mcfg.num_labels != len(labels):
+      raise ConfigError(f"data.objective='classification' with {len(labels)} labels needs "
+                        f"model.encoder_head='classifier' and model.num_labels={len(labels)} (the config has "
+                        f"{mcfg.encoder_head!r}, {mcfg.num_labels})")
+    train_recs.labels = label_indices(train_names, labels, d.train_split)
+    eval_recs.labels = label_indices(eval_names, labels, d.eval_split)
+  objective = objectives.make(name, d.seq_len, tok, family=mcfg.family, target_len=d.target_len,
+                              num_labels=len(labels or ()))
+  _check_vocab(config, objective, tok)
+  stream = RecordStream(train_recs, objective, global_batch=d.batch_size, seed=config.train.seed, pack=d.pack,
+                        **split_kw)
+  evals = record_eval_batches(eval_recs, objective, global_batch=d.batch_size, num_batches=d.eval_batches,
+                              **split_kw)
+  whole = evals if split_kw["process_count"] == 1 else record_eval_batches(
+      eval_recs, objective, global_batch=d.batch_size, num_batches=d.eval_batches)
+  if is_cls:
+    fit = train_recs.labels
+  else:  # Every target ends with EOS: count it as often as the floor will meet it.
+    fit = np.concatenate([train_recs.targets, np.full(len(train_recs), tok.eos_id, np.int32)])
+  return Data(tok, objective, stream, evals, fit, None, labels, eval_global=whole)
 
 
 def unigram_log_probs(tokens: np.ndarray, vocab_size: int, special_targets: np.ndarray | None = None,

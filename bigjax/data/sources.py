@@ -1,18 +1,33 @@
-"""Text sources: the embedded corpora as TFDS builders, local text files, and any TFDS dataset.
+"""Text sources: the embedded corpora as TFDS builders, local text and record files, and any TFDS dataset.
 
-A source yields documents (Python `str`) for a split. Three kinds, chosen by `data.source`:
+`documents(source, split)` yields documents (tf.string) for a split; `records(source, split, keys)`
+yields dicts of named string fields (text and label, code and summary, ...) for tasks that need more
+than one field. Four kinds of source, chosen by `data.source`:
 
 * `pydoc_prose`  — English prose: the 79 help topics of CPython's `pydoc_data.topics` (~465k
   characters), one document per topic. A topic is `validation` when crc32 of its name, modulo 10,
-  is 0 (5 topics, ~43k characters, 9%), else `train`.
+  is 0 (5 topics, ~43k characters, 9%), else `train`. Fields: `text`, `name`.
 * `stdlib_code`  — Python source: every `.py` file under the running interpreter's standard library
   (`sysconfig.get_paths()["stdlib"]`, `site-packages` excluded; ~1,800 files, ~31 MB on Python
   3.11), one document per file. A file is `validation` when crc32 of its path relative to the
-  stdlib root, modulo 100, is below 3 (~3% of files), else `train`.
+  stdlib root, modulo 100, is below 3 (~3% of files), else `train`. Fields: `text`, `path`.
 * a path or glob of local text files (`/data/*.txt`, may be `gs://`): each file is one document;
   the files are split like `stdlib_code` (crc32 of the file name), except that a single file is
-  split by lines: its last 5% of lines (at least one) are `validation`.
-* `tfds:NAME[/CONFIG]` — any TFDS dataset, read from `data.data_dir`, text in `data.text_key`.
+  split by lines: its last 5% of lines (at least one) are `validation`. Their only field is `text`.
+* a path or glob of local record files: `.jsonl` / `.json` (one JSON object per line, blank lines
+  skipped) or `.csv` / `.tsv` (a header row names the columns; quoted fields may hold commas and
+  newlines). Each record is a document whose text is its `data.text_key` field; values that are not
+  strings become `str(value)` (`3`, `0.5`, `True`; null an empty string, a list or object its JSON).
+  Split by file name when any file's base name holds a split word, as a whole word between
+  non-letters (`train.jsonl`, `sst2_dev.csv`, `test-00001.jsonl`): `train`; `validation`, `valid`,
+  `val`, `dev`, `eval`; `test`. Each split then reads exactly the files named for it (in path
+  order), a file named for no split is read by none, and one named for two is an error. Otherwise
+  split by content: a record is `validation` when crc32 of its stripped text (the JSON line, or the
+  CSV row as written), modulo 100, is below 5, else `train`; if that leaves `validation` empty, the
+  last record is `validation`.
+* `tfds:NAME[/CONFIG]` — any TFDS dataset, read from `data.data_dir`, text in `data.text_key`. As
+  records, a `ClassLabel` feature gives its label name (`negative`; an empty string for -1, "no
+  label"), numbers and booleans their decimal text (`3`, `0.5`, `True`), text features their text.
 
 The embedded corpora are real TFDS datasets (`tfds.builder("pydoc_prose")` works once this module is
 imported), prepared on first use into the TFDS data dir, so no download is ever needed.
@@ -20,11 +35,15 @@ imported), prepared on first use into the TFDS data dir, so no download is ever 
 
 from __future__ import annotations
 
+import csv
 import glob as globlib
+import io
+import json
 import os
+import re
 import sysconfig
 import zlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from etils import epath
 import tensorflow as tf
@@ -34,6 +53,11 @@ from bigjax.config import ConfigError
 
 EMBEDDED = ("pydoc_prose", "stdlib_code")
 _CODE_VALIDATION_PERCENT = 3
+_RECORD_VALIDATION_PERCENT = 5
+_EMPTY_SOURCE = f"data.source is empty: give a path or glob, 'tfds:NAME', or one of {', '.join(EMBEDDED)}"
+_RECORD_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+_SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev", "eval"),
+                "test": ("test",)}
 
 
 def _is_validation(key: str) -> bool:
@@ -102,7 +126,7 @@ def data_dir(config_data_dir: str) -> str | None:
   return config_data_dir or None
 
 
-def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str) -> tf.data.Dataset:
+def _tfds_builder(name: str, split: str, data_dir_: str | None):
   try:
     builder = tfds.builder(name, data_dir=data_dir_)
   except Exception as e:  # tfds raises several types for unknown names.
@@ -112,6 +136,11 @@ def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str)
     builder.download_and_prepare()
   if builder.info.splits and split not in builder.info.splits:
     raise ConfigError(f"split {split!r} is not in tfds:{name}; it has {', '.join(builder.info.splits)}")
+  return builder
+
+
+def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str) -> tf.data.Dataset:
+  builder = _tfds_builder(name, split, data_dir_)
   features = builder.info.features
   if text_key not in features:
     raise ConfigError(f"data.text_key={text_key!r} is not a feature of tfds:{name}; "
@@ -120,11 +149,17 @@ def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str)
   return ds.map(lambda ex: ex[text_key], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _embedded_documents(name: str, split: str, data_dir_: str | None) -> tf.data.Dataset:
+def _embedded_builder(name: str, split: str, data_dir_: str | None):
+  if split not in ("train", "validation"):
+    raise ConfigError(f"split {split!r}: {name} has 'train' and 'validation'")
   builder = _BUILDERS[name](data_dir=data_dir_)
   if not builder.is_prepared():
     builder.download_and_prepare()
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  return builder
+
+
+def _embedded_documents(name: str, split: str, data_dir_: str | None) -> tf.data.Dataset:
+  ds = _embedded_builder(name, split, data_dir_).as_dataset(split=split, shuffle_files=False)
   return ds.map(lambda ex: ex["text"], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -144,8 +179,8 @@ def local_files(pattern: str) -> list[str]:
       paths = [p for p in globlib.glob(os.path.join(paths[0], "**", "*"), recursive=True)]
     paths = [p for p in paths if os.path.isfile(p)]
   if not paths:
-    raise ConfigError(f"data.source={pattern!r}: no such file (expected a text file path or glob, "
-                      f"'tfds:NAME', or one of {', '.join(EMBEDDED)})")
+    raise ConfigError(f"data.source={pattern!r}: no such file (expected a path or glob of text, JSONL or CSV "
+                      f"files, 'tfds:NAME', or one of {', '.join(EMBEDDED)})")
   return sorted(paths)
 
 
@@ -172,17 +207,230 @@ def _local_documents(pattern: str, split: str) -> list[str]:
   return texts
 
 
-def documents(source: str, split: str, *, data_dir_: str = "", text_key: str = "text") -> tf.data.Dataset:
-  """A tf.data.Dataset of tf.string documents for `split` ("train" or "validation" / TFDS names)."""
+# ---- Records: named string fields of local JSONL/CSV files, the embedded corpora and TFDS datasets.
+
+
+def _record_format(path: str) -> str | None:
+  return _RECORD_FORMATS.get(os.path.splitext(path)[1].lower())
+
+
+def _split_of(name: str) -> str | None:
+  """The canonical split ("train", "validation", "test") a split word names, else None."""
+  name = name.lower()
+  return next((s for s, words in _SPLIT_WORDS.items() if name == s or name in words), None)
+
+
+def _splits_named(path: str) -> set[str]:
+  # Whole words only, so that `latest.jsonl` or `interval.csv` name no split.
+  stem = os.path.splitext(os.path.basename(path))[0].lower()
+  words = set(re.split(r"[^a-z]+", stem))
+  return {s for s, split_words in _SPLIT_WORDS.items() if words & set(split_words)}
+
+
+def _read_text(path: str) -> str:
+  # utf-8-sig: spreadsheets often write a byte-order mark that would corrupt the first field name.
+  return epath.Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+
+
+def _json_records(path: str) -> Iterator[tuple[int, str, dict]]:
+  """(line number, stripped line, record) for each non-blank line of a JSON Lines file."""
+  # Split on "\n" only: JSON strings may hold U+2028 and friends, which str.splitlines splits on.
+  for number, line in enumerate(_read_text(path).split("\n"), 1):
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"data.source: {path} line {number} is not valid JSON ({e.msg}, column {e.colno}); "
+                        "expected one JSON object per line") from None
+    if not isinstance(record, dict):
+      raise ConfigError(f"data.source: {path} line {number} is a JSON {type(record).__name__}, not an "
+                        "object; expected one JSON object per line")
+    yield number, line, record
+
+
+def _csv_records(path: str, delimiter: str) -> Iterator[tuple[int, str, dict]]:
+  """(first line number, stripped row text, record) for each row after a CSV/TSV file's header."""
+  consumed = []  # The raw lines of the row being read: its text decides its split.
+
+  def lines():
+    for line in io.StringIO(_read_text(path), newline=""):
+      consumed.append(line)
+      yield line
+
+  reader = csv.reader(lines(), delimiter=delimiter)
+  kind = "TSV" if delimiter == "\t" else "CSV"
+  try:
+    header = [name.strip() for name in next(reader, [])]
+    while True:
+      first = reader.line_num + 1
+      consumed.clear()
+      row = next(reader, None)
+      if row is None:
+        return
+      if not row:  # A blank line.
+        continue
+      if len(row) != len(header):
+        raise ConfigError(f"data.source: {path} line {first} has {len(row)} fields but the header names "
+                          f"{len(header)}: {', '.join(header)}")
+      yield first, "".join(consumed).strip(), dict(zip(header, row))
+  except csv.Error as e:
+    raise ConfigError(f"data.source: {path} line {reader.line_num} is not valid {kind} ({e})") from None
+
+
+def _file_records(path: str) -> Iterator[tuple[str, int, str, dict]]:
+  fmt = _record_format(path)
+  rows = _json_records(path) if fmt == "json" else _csv_records(path, "\t" if fmt == "tsv" else ",")
+  for number, raw, record in rows:
+    yield path, number, raw, record
+
+
+def _record_split(pattern: str, paths: list[str], split: str) -> list[tuple[str, int, str, dict]]:
+  """The records of local files that fall in `split`, by file name or else by content (see above)."""
+  want = _split_of(split)
+  named = {p: _splits_named(p) for p in paths}
+  both = next((p for p in paths if len(named[p]) > 1), None)
+  if both:  # Its records would be in two splits: evaluation on training data.
+    raise ConfigError(f"data.source={pattern!r}: the file name {os.path.basename(both)} names more than one "
+                      f"split ({', '.join(sorted(named[both]))}); rename it")
+  if any(named.values()):
+    chosen = [p for p in paths if want in named[p]]
+    if not chosen:
+      raise ConfigError(f"split {split!r}: no file of data.source={pattern!r} is named for it (file names "
+                        f"choose the splits here); files found: {', '.join(map(os.path.basename, paths))}")
+    return [r for p in chosen for r in _file_records(p)]
+  if want not in ("train", "validation"):
+    raise ConfigError(f"split {split!r}: data.source={pattern!r} names no split in its file names, so its "
+                      "records are split by content into 'train' and 'validation' only")
+  rows = [r for p in paths for r in _file_records(p)]
+  in_val = [zlib.crc32(raw.encode("utf-8")) % 100 < _RECORD_VALIDATION_PERCENT for _, _, raw, _ in rows]
+  if rows and not any(in_val):  # Too few records for the hash to pick one: use the last.
+    in_val[-1] = True
+  return [r for r, v in zip(rows, in_val) if v == (want == "validation")]
+
+
+def _as_text(value) -> str:
+  if isinstance(value, str):
+    return value
+  if value is None:
+    return ""
+  if isinstance(value, (dict, list)):
+    return json.dumps(value, ensure_ascii=False)
+  return str(value)
+
+
+def _local_records(pattern: str, paths: list[str], split: str, keys: Sequence[str],
+                   key_settings: dict[str, str]) -> tf.data.Dataset:
+  rows = _record_split(pattern, paths, split)
+  if not rows:
+    raise ConfigError(f"data.source={pattern!r}: the {split} split holds no records ({len(paths)} file(s) "
+                      f"matched: {', '.join(map(os.path.basename, paths))})")
+  columns = {k: [] for k in keys}
+  for path, number, _, record in rows:
+    for k in keys:
+      if k not in record:
+        raise ConfigError(f"{_key_name(k, key_settings)} is not a field of {path} (line {number}); "
+                          f"it has: {', '.join(record)}")
+      columns[k].append(_as_text(record[k]))
+  return tf.data.Dataset.from_tensor_slices(columns)
+
+
+def _key_name(key: str, key_settings: dict[str, str]) -> str:
+  return f"{key_settings[key]}={key!r}" if key in key_settings else repr(key)
+
+
+def _feature_to_text(where: str, key: str, feature, key_settings: dict[str, str]):
+  """A graph function that turns one TFDS feature value into a tf.string scalar."""
+  if isinstance(feature, tfds.features.ClassLabel):
+    names = tf.constant(feature.names)
+    # -1 marks an unlabelled example (GLUE's test splits): an empty name, not an out-of-range gather.
+    return lambda x: tf.where(x >= 0, tf.gather(names, tf.maximum(x, 0)), "")
+  if isinstance(feature, tfds.features.Tensor) and not feature.shape:
+    dtype = tf.as_dtype(feature.tf_dtype)
+    if dtype == tf.string:
+      return lambda x: x
+    if dtype == tf.bool:  # As Python's str() spells them, like the values of local records.
+      return lambda x: tf.where(x, "True", "False")
+    if dtype.is_floating:
+      return lambda x: tf.strings.as_string(x, shortest=True)
+    if dtype.is_integer:
+      return tf.strings.as_string
+  raise ConfigError(f"{_key_name(key, key_settings)} of {where} is a {type(feature).__name__} feature "
+                    f"{getattr(feature, 'shape', '')}; allowed: text, a class label or a number (scalar)")
+
+
+def _builder_records(where: str, builder, split: str, keys: Sequence[str],
+                     key_settings: dict[str, str]) -> tf.data.Dataset:
+  features = builder.info.features
+  for k in keys:
+    if k not in features:
+      raise ConfigError(f"{_key_name(k, key_settings)} is not a feature of {where}; "
+                        f"it has {', '.join(features.keys())}")
+  convert = {k: _feature_to_text(where, k, features[k], key_settings) for k in keys}
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  return ds.map(lambda ex: {k: fn(ex[k]) for k, fn in convert.items()},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def records(source: str, split: str, keys: Sequence[str], *, data_dir_: str = "",
+            key_settings: dict[str, str] | None = None) -> tf.data.Dataset:
+  """A tf.data.Dataset of `{key: tf.string scalar}` for each record of `split`, in a fixed order.
+
+  `key_settings` maps a key to the setting that chose it (`{"label": "data.target_key"}`), so that
+  an error names what to change; a key not in it is named by itself.
+  """
+  key_settings = key_settings or {}
+  if not keys:
+    raise ConfigError(f"data.source={source!r}: records need at least one field name; none given")
   dd = data_dir(data_dir_)
   if source in _BUILDERS:
-    if split not in ("train", "validation"):
-      raise ConfigError(f"split {split!r}: {source} has 'train' and 'validation'")
+    return _builder_records(source, _embedded_builder(source, split, dd), split, keys, key_settings)
+  if source.startswith("tfds:"):
+    builder = _tfds_builder(source[len("tfds:"):], split, dd)
+    return _builder_records(source, builder, split, keys, key_settings)
+  if not source:
+    raise ConfigError(_EMPTY_SOURCE)
+  paths = local_files(source)
+  if _has_records(source, paths):
+    return _local_records(source, paths, split, keys, key_settings)
+  others = [k for k in keys if k != "text"]
+  if others:
+    raise ConfigError(f"{_key_name(others[0], key_settings)}: data.source={source!r} is plain text, whose "
+                      "only field is 'text'; use .jsonl or .csv files for records with more fields")
+  docs = documents(source, split, data_dir_=data_dir_)
+  return docs.map(lambda t: {"text": t})
+
+
+def _has_records(source: str, paths: list[str]) -> bool:
+  """Whether local `paths` are record files (JSONL/CSV) rather than text; a mix is an error."""
+  formats = [_record_format(p) for p in paths]
+  if all(formats):
+    return True
+  if any(formats):
+    text = next(p for p, f in zip(paths, formats) if not f)
+    raise ConfigError(f"data.source={source!r} mixes record files (.jsonl, .json, .csv, .tsv) with text "
+                      f"files such as {os.path.basename(text)}; give one kind")
+  return False
+
+
+def documents(source: str, split: str, *, data_dir_: str = "", text_key: str = "text") -> tf.data.Dataset:
+  """A tf.data.Dataset of tf.string documents for `split` ("train" or "validation" / TFDS names).
+
+  A document is a whole text file (or its lines' share of the split), or the `text_key` field of
+  each record of JSONL/CSV files and tfds: datasets.
+  """
+  dd = data_dir(data_dir_)
+  if source in _BUILDERS:
     return _embedded_documents(source, split, dd)
   if source.startswith("tfds:"):
     return _tfds_documents(source[len("tfds:"):], split, dd, text_key)
   if not source:
-    raise ConfigError(f"data.source is empty: give a path or glob, 'tfds:NAME', or one of {', '.join(EMBEDDED)}")
+    raise ConfigError(_EMPTY_SOURCE)
+  paths = local_files(source)
+  if _has_records(source, paths):  # Each record's `text_key` field is a document.
+    rows = _local_records(source, paths, split, (text_key,), {text_key: "data.text_key"})
+    return rows.map(lambda r: r[text_key])
   local_split = "validation" if split not in ("train",) else "train"
   return tf.data.Dataset.from_tensor_slices(_local_documents(source, local_split))
 
@@ -193,7 +441,9 @@ def describe(source: str) -> str:
     return source
   paths = local_files(source)
   stats = [(p, os.path.getsize(p) if "://" not in p else 0) for p in paths]
-  return f"{source}|{zlib.crc32(repr(stats).encode()):08x}"
+  # Record files were read as plain text before records existed: a new key keeps old caches out.
+  kind = "|records-v1" if all(_record_format(p) for p in paths) else ""
+  return f"{source}{kind}|{zlib.crc32(repr(stats).encode()):08x}"
 
 
 def iter_texts(ds: tf.data.Dataset) -> Iterator[str]:

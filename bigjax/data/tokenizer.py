@@ -6,6 +6,9 @@ bytes each id stands for, which turns a loss in nats/token into bits/byte).
 
 Id conventions follow T5: pad = 0, eos = 1, unk = 2, no bos. The byte tokenizer is ByT5's: the
 same three specials, then byte b is id b + 3 (259 ids).
+
+A SentencePiece model may also carry special pieces that objectives need (`BERT_SPECIALS`, T5's
+`sentinel_pieces()`), trained in with `special_pieces=`; `piece_id` finds them (None if absent).
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ import tensorflow as tf
 from bigjax.config import ConfigError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+BERT_SPECIALS = ("[CLS]", "[SEP]", "[MASK]")
 REPO_TOKENIZERS = epath.Path(__file__).resolve().parent.parent.parent / "tokenizers"
+
+
+def sentinel_pieces(n: int = 100) -> list[str]:
+  """T5's span-corruption sentinels `<extra_id_0>` ... `<extra_id_{n-1}>`."""
+  return [f"<extra_id_{i}>" for i in range(n)]
 
 
 class ByteTokenizer:
@@ -52,6 +61,10 @@ class ByteTokenizer:
     lengths = np.ones(self.vocab_size, np.int32)
     lengths[:self.offset] = 0
     return lengths
+
+  def piece_id(self, piece: str) -> int | None:
+    del piece  # Bytes carry no special pieces.
+    return None
 
 
 class SentencePieceTokenizer:
@@ -84,6 +97,12 @@ class SentencePieceTokenizer:
     import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
     return tf_text.SentencepieceTokenizer(model=self._proto, out_type=tf.int32).tokenize
 
+  def piece_id(self, piece: str) -> int | None:
+    """The id of `piece` when the model holds it as one piece (as it does `special_pieces`), else None."""
+    i = self.sp.piece_to_id(piece)
+    # piece_to_id answers unk_id for a piece the model lacks.
+    return None if i == self.unk_id and piece != self.sp.id_to_piece(self.unk_id) else i
+
   def byte_lengths(self) -> np.ndarray:
     lengths = np.zeros(self.vocab_size, np.int32)
     for i in range(self.vocab_size):
@@ -112,14 +131,23 @@ def load(name: str):
 
 
 def train_sentencepiece(texts: Iterable[str], out: str, *, vocab_size: int, model_type: str = "unigram",
-                        max_sentences: int = 2_000_000) -> SentencePieceTokenizer:
+                        max_sentences: int = 2_000_000,
+                        special_pieces: Sequence[str] = ()) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on `texts` (one sentence per line) and writes `out`.
 
   Settings keep every byte recoverable (identity normalisation, whitespace kept, byte fallback),
   so code round-trips exactly, and the ids follow the T5 convention (pad 0, eos 1, unk 2).
+  `special_pieces` (e.g. `BERT_SPECIALS`) become pieces of their own, ids 5, 6, ... in order, after
+  `\n` (3) and `\t` (4). Text that spells one encodes to its id, though a text that starts with one
+  still starts with SentencePiece's `▁` piece (its dummy prefix): `encode("[MASK]")` is `[▁, [MASK]]`.
   """
   if model_type not in ("unigram", "bpe"):
     raise ConfigError(f"--model_type={model_type!r}: allowed values are 'unigram', 'bpe'")
+  bad = [p for p in special_pieces if not p or "\n" in p or "\t" in p]
+  if bad:
+    raise ConfigError(f"special_pieces holds {bad[0]!r}: a special piece must be non-empty, without "
+                      "newline or tab")
+  user_pieces = list(dict.fromkeys(["\n", "\t", *special_pieces]))  # Duplicates would stop the trainer.
 
   def lines():
     for t in texts:
@@ -131,14 +159,23 @@ def train_sentencepiece(texts: Iterable[str], out: str, *, vocab_size: int, mode
   out_path.parent.mkdir(parents=True, exist_ok=True)
   import io  # pylint: disable=g-import-not-at-top
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=lines(), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-      normalization_rule_name="identity", remove_extra_whitespaces=False,
-      allow_whitespace_only_pieces=True, split_digits=True, byte_fallback=True,
-      user_defined_symbols=["\n", "\t"], character_coverage=0.9995,
-      input_sentence_size=max_sentences, shuffle_input_sentence=True,
-      max_sentence_length=16384, num_threads=os.cpu_count() or 1,
-      minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines(), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, split_digits=True, byte_fallback=True,
+        user_defined_symbols=user_pieces, character_coverage=0.9995,
+        input_sentence_size=max_sentences, shuffle_input_sentence=True,
+        max_sentence_length=16384, num_threads=os.cpu_count() or 1,
+        minloglevel=2)
+  except RuntimeError as e:  # Too small or too large for the text: say which setting to change.
+    msg = str(e)
+    if "Vocabulary size" not in msg:
+      raise
+    # Keep the reason; drop the C++ source location and advice about trainer flags we do not expose.
+    reason = msg[msg.index("Vocabulary size"):].split(" Increase")[0]
+    raise ConfigError(f"--vocab_size={vocab_size}: {reason} (it includes {len(user_pieces)} user pieces, "
+                      "256 byte pieces and 3 specials)") from None
   out_path.write_bytes(model.getvalue())
   return SentencePieceTokenizer(str(out_path))

@@ -34,6 +34,9 @@ class Decoder(nn.Module):
 
   `attention_mask` `[batch, length]` is 1 for real tokens and 0 for padding; padded keys are never
   attended to. `positions` (default 0..length-1) index the learned table or set the rotary angles.
+  Packed rows pass `segment_ids` (1, 2, ... per example, 0 for padding: attention never crosses a
+  segment) and `positions` that restart at 0 in each segment. `prefix_mask` (1 on a prefix LM's inputs)
+  makes the prefix visible both ways, as in T5's decoder-only prefix LM; the rest stays causal.
   With `decode=True` the call processes the next tokens after those already in the "cache" collection
   (see `bigjax.models.step_fn`).
   """
@@ -42,12 +45,16 @@ class Decoder(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask=None, positions=None, deterministic: bool = True):
+  def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None, prefix_mask=None,
+               deterministic: bool = True):
     cfg = self.cfg
     b, n = input_ids.shape
     tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
                           cfg.dtype, cfg.param_dtype, name="token_embed")
     if self.decode:
+      if segment_ids is not None or prefix_mask is not None:
+        raise ValueError("decode=True steps one sequence per row: segment_ids and prefix_mask are for "
+                         "training and scoring")
       index, kv_len = decode_position(self, input_ids)
       positions = jnp.broadcast_to(index + jnp.arange(n), (b, n))
       mask = layers.causal_mask(n, kv_len, offset=index)[None, None]
@@ -56,7 +63,10 @@ class Decoder(nn.Module):
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(n), (b, n))
       mask = layers.causal_mask(n)[None, None]
-    mask = layers.combine_masks(mask, None if self.decode else layers.padding_mask(attention_mask))
+      if prefix_mask is not None:
+        mask = jnp.logical_or(mask, layers.prefix_visible(prefix_mask))
+    mask = layers.combine_masks(mask, None if self.decode else layers.padding_mask(attention_mask),
+                                layers.segment_mask(segment_ids))
 
     x = tokens(input_ids)
     if cfg.positions == "learned":

@@ -24,7 +24,7 @@ class Encoder(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None, segment_ids=None,
                deterministic: bool = True):
     cfg = self.cfg
     b, n = input_ids.shape
@@ -48,7 +48,8 @@ class Encoder(nn.Module):
       x = layers.norm(cfg, "ln_embed")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BTE)
-    mask = layers.padding_mask(attention_mask)
+    # Packed rows (segment_ids 1, 2, ...; 0 = padding) attend within their segment only.
+    mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
     x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, name="encoder")(x, mask, None, positions)
     if cfg.norm_position == "pre":
       x = layers.norm(cfg, "ln_final")(x)

@@ -20,11 +20,10 @@ class EncoderStack(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool):
+  def __call__(self, x, mask, deterministic: bool):
     cfg = self.cfg
     n = x.shape[1]
     bias = layers.RelativePositionBias(cfg, bidirectional=True, name="relative_bias")(jnp.arange(n), n)
-    mask = layers.padding_mask(attention_mask)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, name="layers")(x, mask, bias)
     x = layers.norm(cfg, "ln_final")(x)
@@ -36,7 +35,7 @@ class DecoderStack(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, attention_mask, encoded, encoder_mask, deterministic: bool):
+  def __call__(self, x, self_mask, encoded, cross_mask, deterministic: bool):
     cfg = self.cfg
     n = x.shape[1]
     if self.decode:
@@ -45,11 +44,11 @@ class DecoderStack(nn.Module):
       q_positions = index + jnp.arange(n)
     else:
       index, kv_len, q_positions = None, n, jnp.arange(n)
-      mask = layers.combine_masks(layers.causal_mask(n)[None, None], layers.padding_mask(attention_mask))
+      mask = layers.combine_masks(layers.causal_mask(n)[None, None], self_mask)
     bias = layers.RelativePositionBias(cfg, bidirectional=False, name="relative_bias")(q_positions, kv_len)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.Stack(cfg, cfg.decoder_layers, cross=True, decode=self.decode, deterministic=deterministic,
-                     name="layers")(x, mask, bias, None, encoded, layers.padding_mask(encoder_mask), index)
+                     name="layers")(x, mask, bias, None, encoded, cross_mask, index)
     x = layers.norm(cfg, "ln_final")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -57,7 +56,12 @@ class DecoderStack(nn.Module):
 class EncoderDecoder(nn.Module):
   """`apply({"params": p}, input_ids, decoder_input_ids, attention_mask=m, decoder_attention_mask=dm)`
   → decoder logits `[batch, dec_len, vocab]` (float32). `encode` and `decode_step` are the two halves,
-  used by generation (the encoder runs once; the decoder steps with a KV cache when `decode=True`)."""
+  used by generation (the encoder runs once; the decoder steps with a KV cache when `decode=True`).
+
+  Packed rows pass `segment_ids` (encoder) and `decoder_segment_ids` (1, 2, ... per example, 0 for
+  padding): no attention crosses a segment, and decoder segment k attends to encoder segment k only.
+  Positions need no restart: T5's relative bias sees only differences of positions within a segment,
+  which packing leaves unchanged."""
 
   cfg: ModelConfig
   decode: bool = False
@@ -73,15 +77,24 @@ class EncoderDecoder(nn.Module):
     self.encoder = EncoderStack(cfg)
     self.decoder = DecoderStack(cfg, self.decode)
 
-  def encode(self, input_ids, attention_mask=None, deterministic: bool = True):
+  def encode(self, input_ids, attention_mask=None, segment_ids=None, deterministic: bool = True):
     x = self.token_embed(input_ids)
-    return self.encoder(x, attention_mask, deterministic)
+    mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
+    return self.encoder(x, mask, deterministic)
 
   def decode_step(self, decoder_input_ids, encoded, attention_mask=None, decoder_attention_mask=None,
-                  deterministic: bool = True):
+                  segment_ids=None, decoder_segment_ids=None, deterministic: bool = True):
     cfg = self.cfg
+    if (segment_ids is None) != (decoder_segment_ids is None):
+      raise ValueError("packed batches need both segment_ids and decoder_segment_ids")
     x = self.token_embed(decoder_input_ids)
-    x = self.decoder(x, decoder_attention_mask, encoded, attention_mask, deterministic)
+    self_mask = cross_mask = None
+    if not self.decode:
+      self_mask = layers.combine_masks(layers.padding_mask(decoder_attention_mask),
+                                       layers.segment_mask(decoder_segment_ids))
+    cross_mask = layers.combine_masks(layers.padding_mask(attention_mask),
+                                      layers.segment_mask(decoder_segment_ids, segment_ids))
+    x = self.decoder(x, self_mask, encoded, cross_mask, deterministic)
     if cfg.tie_embeddings:
       logits = self.token_embed.attend(x * jnp.asarray(cfg.d_model ** -0.5, x.dtype))
     else:
@@ -90,6 +103,7 @@ class EncoderDecoder(nn.Module):
     return logits.astype(jnp.float32)
 
   def __call__(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None,
-               deterministic: bool = True):
-    encoded = self.encode(input_ids, attention_mask, deterministic)
-    return self.decode_step(decoder_input_ids, encoded, attention_mask, decoder_attention_mask, deterministic)
+               segment_ids=None, decoder_segment_ids=None, deterministic: bool = True):
+    encoded = self.encode(input_ids, attention_mask, segment_ids, deterministic)
+    return self.decode_step(decoder_input_ids, encoded, attention_mask, decoder_attention_mask, segment_ids,
+                            decoder_segment_ids, deterministic)
