@@ -191,7 +191,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.source = "stdlib_code"
   c.data.text_key = "text"  # Field with the (input) text: a TFDS feature, a JSONL key or a CSV column.
   c.data.target_key = ""  # Field with the target text or label (text_to_text, classification).
-  c.data.labels = ""  # Classification: label names in index order, comma-separated ("" = sorted train labels).
+  # Classification: label names in index order, comma-separated ("" = a TFDS ClassLabel's names, else
+  # the train split's labels, sorted).
+  c.data.labels = ""
   c.data.train_split = "train"  # Split names, for tfds: sources.
   c.data.eval_split = "validation"
   c.data.data_dir = ""  # TFDS data dir ("" = TFDS default, ~/tensorflow_datasets). May be gs://.

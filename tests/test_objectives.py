@@ -86,3 +86,43 @@ def test_bad_settings_are_named():
     objectives.make("prefix_llm", 64, None)
   with pytest.raises(ConfigError, match="data.seq_len=4 is too short for span corruption"):
     objectives.SpanCorruption(seq_len=4, base_vocab=50, eos_id=1, pad_id=0)
+
+
+class _Pieces:
+  """A stand-in tokenizer that knows some special pieces."""
+
+  vocab_size, pad_id, eos_id = 500, 0, 1
+
+  def __init__(self, pieces):
+    self.pieces = pieces
+
+  def piece_id(self, piece):
+    return self.pieces.get(piece)
+
+
+def test_special_ids_come_from_the_tokenizer_when_it_has_them():
+  bert = _Pieces({"[CLS]": 5, "[SEP]": 6, "[MASK]": 7})
+  mlm = objectives.make("masked_lm", 16, bert)
+  assert (mlm.cls_id, mlm.sep_id, mlm.mask_id, mlm.extra_ids) == (5, 6, 7, 0)
+  assert objectives.vocab_size(mlm, bert) == 500
+  cls = objectives.make("classification", 16, bert, num_labels=2)
+  np.testing.assert_array_equal(cls.example(np.array([9]), 1)["inputs"][:3], [5, 9, 6])
+  t5 = _Pieces({f"<extra_id_{i}>": 300 + i for i in range(100)})
+  sc = objectives.make("span_corruption", 64, t5)
+  assert sc.extra_ids == 0 and sc.sentinel(0) == 300 and sc.sentinel(99) == 399
+  b = sc.example(np.arange(10, 10 + sc.window), np.random.default_rng(0))
+  first = b["targets"][0]
+  assert first == 300 and 300 in b["inputs"]  # Span 0's sentinel opens the targets and marks the inputs.
+  with pytest.raises(ConfigError, match=r"data.tokenizer: the tokenizer has some of the T5 sentinel pieces but "
+                                        r"not <extra_id_50>"):
+    objectives.make("span_corruption", 64, _Pieces({f"<extra_id_{i}>": 300 + i for i in range(50)}))
+  with pytest.raises(ConfigError, match=r"BERT pieces but not \[MASK\]"):
+    objectives.make("masked_lm", 16, _Pieces({"[CLS]": 5, "[SEP]": 6}))
+
+
+@pytest.mark.parametrize("name,seq_len,match", [
+    ("prefix_lm", 3, "too short for prefix_lm"), ("text_to_text", 1, "text_to_text needs"),
+    ("classification", 3, "too short for classification")])
+def test_too_short_seq_len_names_the_setting(name, seq_len, match):
+  with pytest.raises(ConfigError, match=match):
+    objectives.make(name, seq_len, _Pieces({}), family="decoder")

@@ -136,3 +136,20 @@ def test_unigram_reference_gives_special_target_ids_their_sampled_share():
   np.testing.assert_allclose(p.sum(), 1.0)
   assert p[4] == pytest.approx(0.25, abs=0.01) and p[5] < 0.01
   np.testing.assert_allclose(p[:4] / p[:4].sum(), [1 / 8, 4 / 8, 2 / 8, 1 / 8])
+
+
+def test_glue_style_tfds_classification_builds(tmp_path):
+  """A labelled TFDS dataset (GLUE's SST-2, mocked offline) becomes classification batches."""
+  import tensorflow_datasets as tfds
+  from conftest import tiny_config as tiny
+  cfg = tiny("tfds:glue/sst2", **{
+      "model.family": "encoder", "model.encoder_head": "classifier", "model.num_labels": 2,
+      "data.objective": "classification", "data.text_key": "sentence", "data.target_key": "label",
+      "data.eval_split": "validation", "data.data_dir": str(tmp_path), "data.batch_size": 4, "data.eval_batches": 0})
+  with tfds.testing.mock_data(num_examples=12):
+    data = pipeline.build(cfg)
+  assert data.labels == ["negative", "positive"]  # The ClassLabel's names, in index order.
+  b = data.train.example_batch()
+  assert b["inputs"].shape == (4, 32) and b["targets"].shape == (4,)
+  assert set(b["targets"].tolist()) <= {0, 1} and (b["inputs"][:, 0] == 259).all()  # [CLS] after the bytes.
+  assert sum(e["weights"].sum() for e in data.eval) == 12

@@ -447,7 +447,9 @@ def _build_records(config, mcfg, tok, name: str, split_kw) -> Data:
   eval_recs, eval_names = tokenize_records(d.source, d.eval_split, tok, **kw)
   labels = None
   if is_cls:
-    labels = [x.strip() for x in d.labels.split(",") if x.strip()] if d.labels else sorted(set(train_names.tolist()))
+    # data.labels, else a TFDS ClassLabel's own order, else the train split's labels sorted.
+    labels = ([x.strip() for x in d.labels.split(",") if x.strip()] if d.labels else
+              sources.class_names(d.source, d.target_key, data_dir_=d.data_dir) or sorted(set(train_names.tolist())))
     if len(labels) < 2:
       raise ConfigError(f"data.target_key={d.target_key!r}: classification needs at least 2 labels; the train "
                         f"split has {labels}")

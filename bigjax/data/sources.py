@@ -402,6 +402,16 @@ def records(source: str, split: str, keys: Sequence[str], *, data_dir_: str = ""
   return docs.map(lambda t: {"text": t})
 
 
+def class_names(source: str, key: str, *, data_dir_: str = "") -> list[str] | None:
+  """The names of a TFDS ClassLabel feature `key`, in index order (None for other sources and features):
+  classification then keeps the dataset's own label ids (MNLI's entailment = 0, as published)."""
+  if not source.startswith("tfds:"):
+    return None
+  builder = _tfds_builder(source[len("tfds:"):], "train", data_dir(data_dir_))
+  feature = builder.info.features.get(key) if hasattr(builder.info.features, "get") else None
+  return list(feature.names) if isinstance(feature, tfds.features.ClassLabel) else None
+
+
 def _has_records(source: str, paths: list[str]) -> bool:
   """Whether local `paths` are record files (JSONL/CSV) rather than text; a mix is an error."""
   formats = [_record_format(p) for p in paths]
