@@ -52,8 +52,8 @@ class Checkpointer:
     """Only the params (or the subset `abstract_params` names) of a checkpoint, nothing else loaded.
 
     `abstract_params` is a tree of jax.ShapeDtypeStruct with shardings, or the metadata tree of
-    `param_metadata` (then each array is restored whole, on the default device)."""
-    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    `param_metadata` (then each array is restored whole, on this process's first device)."""
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # Each process reads its own copy.
     target = jax.tree_util.tree_map(
         lambda m: m if isinstance(m, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
         abstract_params)

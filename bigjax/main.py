@@ -19,6 +19,18 @@
       tokenized with the workdir's tokenizer (or --tokenizer NAME); --prompt_ids "1,2,3" gives ids
       instead. Decoders continue the prompt; encoder-decoders (T5) read it and write the answer.
 
+  bigjax plan --config experiments/quickstart.py [--mesh 1,8,1] [--config.a.b=value ...]
+         [--topology v5p-128 | --devices 64 --device_memory 95GiB]
+      Plans memory before anything is allocated: per-device bytes of params, optimizer state, gradients,
+      batch and activations (under model.remat_policy, model.scan_layers, data.batch_size) against the
+      device's memory, "fits" or "does not fit" with the margin, then one JSON line of the figures.
+      --mesh defaults to the config's mesh.shape (one size may be -1). Without --topology or --devices
+      the devices are this machine's, and the train step is also compiled here on abstract inputs to
+      print XLA's memory_analysis() beside the estimate (--nocompile skips it). Topologies: v4-N, v5p-N
+      count TensorCores, 2 per chip (v4-32 = 16 chips of 32 GiB; v5p-128 = 64 chips of 95 GiB);
+      v5e-N, v5litepod-N (16 GiB) and v6e-N (32 GiB) count chips; NxA100 (40 GiB), NxA100-80GB,
+      NxH100 (80 GiB) count GPUs.
+
   bigjax tokenizer train --input SOURCE --vocab_size N [--model_type unigram|bpe]
          [--text_key FIELD] [--special_pieces none|bert|t5|all] --out FILE
       Trains a SentencePiece model on a source (pydoc_prose, stdlib_code, a path/glob of text, JSONL
@@ -42,6 +54,8 @@ COMMANDS = {
     "train": "train or resume a run: --config FILE --workdir DIR [--config.a.b=value ...]",
     "convert": "Hugging Face ⇄ bigjax weights: --from_hf HF_DIR --workdir DIR, or --workdir DIR --to_hf HF_DIR",
     "decode": "generate text: --workdir DIR (or --hf HF_DIR) --prompt TEXT [sampling or beam flags]",
+    "plan": "per-device memory of a config on a mesh, before allocating: --config FILE [--mesh d,f,t] "
+            "[--topology NAME | --devices N --device_memory SIZE]",
     "tokenizer": "tokenizer train: train a SentencePiece model (--input, --vocab_size, --model_type, --out)",
 }
 
@@ -65,6 +79,17 @@ _SPECIAL_PIECES = flags.DEFINE_enum("special_pieces", "none", ["none", "bert", "
                                     "t5 = <extra_id_0>..<extra_id_99>, all = both.")
 _FROM_HF = flags.DEFINE_string("from_hf", None, "convert: Hugging Face model directory to read.")
 _TO_HF = flags.DEFINE_string("to_hf", None, "convert: directory to write a Hugging Face model into.")
+_MESH = flags.DEFINE_string("mesh", None, "plan: (data, fsdp, tensor) sizes as d,f,t, one may be -1 "
+                            "(default: the config's mesh.shape).")
+_DEVICES = flags.DEFINE_integer("devices", 0, "plan: how many devices to plan for (with --device_memory; "
+                                "default: this machine's).")
+_DEVICE_MEMORY = flags.DEFINE_string("device_memory", None, "plan: memory per device, e.g. 16GiB or 80GB "
+                                     "(default: this machine's device, or the --topology's).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "plan: a TPU slice or GPU host that gives the devices and their "
+                                "memory: v4-N, v5p-N (N TensorCores, 2 per chip), v5e-N, v5litepod-N, v6e-N (N "
+                                "chips), NxA100, NxA100-80GB, NxH100 (N GPUs).")
+_COMPILE = flags.DEFINE_boolean("compile", True, "plan: on this machine's devices, also compile the train step "
+                                "on abstract inputs and print XLA's memory_analysis() beside the estimate.")
 _HF = flags.DEFINE_string("hf", None, "decode: a Hugging Face model directory to decode with (instead of --workdir).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "decode: prompt text (repeat for a batch).")
 _PROMPT_IDS = flags.DEFINE_multi_string("prompt_ids", [], "decode: prompt as comma-separated token ids.")
@@ -77,14 +102,22 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "decode: sample from the smallest set 
 _NUM_BEAMS = flags.DEFINE_integer("num_beams", 1, "decode: beam search with this many beams (1 = no beam).")
 _LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "decode: beam score = log p / length**this.")
 _SEED = flags.DEFINE_integer("seed", 0, "decode: sampling seed.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train: HOST:PORT of process 0 in a multi-process "
+                                   "run (with --num_processes and --process_id); unset under SLURM, mpirun and "
+                                   "multi-host Cloud TPU, which give it themselves.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train: how many processes the run has (each "
+                                      "starts the same command with its own --process_id).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's index, 0 to --num_processes - 1 "
+                                   "(0 writes metrics, samples and config.json).")
 
 
 # The flags each command reads (for `bigjax COMMAND --help`).
 _COMMAND_FLAGS = {
-    "train": ("config", "workdir"),
+    "train": ("config", "workdir", "coordinator_address", "num_processes", "process_id"),
     "convert": ("from_hf", "to_hf", "workdir"),
     "decode": ("workdir", "hf", "prompt", "prompt_ids", "tokenizer", "max_new_tokens", "temperature", "top_k",
                "top_p", "num_beams", "length_penalty", "seed"),
+    "plan": ("config", "mesh", "devices", "device_memory", "topology", "compile"),
     "tokenizer": ("input", "split", "text_key", "vocab_size", "model_type", "special_pieces", "out",
                   "max_sentences"),
 }
@@ -146,7 +179,11 @@ def _train(args: list[str]) -> None:
   config = _load_config()
   if not _WORKDIR.value:
     fail("--workdir is required: the directory that records (and resumes) the run")
+  from bigjax import partitioning  # pylint: disable=g-import-not-at-top  (heavy: JAX)
   from bigjax import train  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
+  # Before anything else touches JAX: the processes of a multi-host run join here.
+  train.log("bigjax: " + partitioning.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                                             _PROCESS_ID.value))
   train.train(config, _WORKDIR.value)
 
 
@@ -195,6 +232,16 @@ def _decode(args: list[str]) -> None:
               length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value)
 
 
+def _plan(args: list[str]) -> None:
+  if args:
+    fail(f"unexpected arguments {args}; usage: bigjax plan --config FILE [--mesh d,f,t] "
+         "[--topology NAME | --devices N --device_memory SIZE]")
+  config = _load_config()
+  from bigjax import plan  # pylint: disable=g-import-not-at-top  (heavy: JAX)
+  plan.main(config, mesh=_MESH.value, devices=_DEVICES.value, device_memory=_DEVICE_MEMORY.value,
+            topology=_TOPOLOGY.value, compile_here=_COMPILE.value)
+
+
 def _tokenizer(args: list[str]) -> None:
   if args != ["train"]:
     fail(f"usage: bigjax tokenizer train --input SOURCE --vocab_size N --out FILE (got {args})")
@@ -218,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
   if command not in COMMANDS:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (bigjax --help)")
   try:
-    {"train": _train, "convert": _convert, "decode": _decode, "tokenizer": _tokenizer}[command](args)
+    {"train": _train, "convert": _convert, "decode": _decode, "plan": _plan, "tokenizer": _tokenizer}[command](args)
   except ConfigError as e:
     fail(str(e))
   except KeyboardInterrupt:

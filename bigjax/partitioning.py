@@ -6,13 +6,20 @@ This is the only module that knows about meshes. Models name their axes logicall
 * `data`   — pure data parallelism: the batch is split, params are replicated.
 * `fsdp`   — the batch is split *and* params / optimizer state are sharded along `embed`.
 * `tensor` — Megatron-style: heads, MLP hidden units and the vocabulary are split.
+
+Multi-host: `initialize_distributed` joins the processes of a run (before any other JAX call), and
+`check_batch` makes sure that each process's devices hold a share of the batch of its own, since
+every process reads only its rows of each global batch (`bigjax.data.pipeline`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+import os
+import sys
+import threading
+from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -89,6 +96,37 @@ def check_batch(global_batch: int, mesh: Mesh, process_count: int = 1) -> None:
                       f"use a multiple of {div}")
   if global_batch % process_count:
     raise ConfigError(f"data.batch_size={global_batch} does not divide over {process_count} processes")
+  if process_count > 1:
+    check_process_rows(global_batch, mesh, process_count)
+
+
+def process_rows(global_batch: int, mesh: Mesh,
+                 process_of: Callable[[jax.Device], int] = lambda d: d.process_index) -> dict[int, set[int]]:
+  """The batch rows that each process's devices hold under `batch_sharding(mesh)`."""
+  rows: dict[int, set[int]] = {}
+  for device, index in batch_sharding(mesh).devices_indices_map((global_batch,)).items():
+    rows.setdefault(process_of(device), set()).update(range(global_batch)[index[0]])
+  return rows
+
+
+def check_process_rows(global_batch: int, mesh: Mesh, process_count: int,
+                       process_of: Callable[[jax.Device], int] = lambda d: d.process_index) -> None:
+  """Each process reads B/P rows of every batch and builds the global array from them alone, so its
+  devices must hold B/P rows that no other process holds; a mesh whose batch axes do not span the
+  processes (the batch replicated across hosts) would silently train on a different batch."""
+  rows = process_rows(global_batch, mesh, process_of)
+  share = global_batch // process_count
+  for p in range(process_count):
+    if p not in rows:
+      raise ConfigError(f"mesh.num_devices={mesh.devices.size} leaves out process {p}'s devices; every process "
+                        "of a run needs devices in the mesh (mesh.num_devices=0 uses them all)")
+  for p, held in sorted(rows.items()):
+    others = set().union(*(r for q, r in rows.items() if q != p))
+    if len(held) != share or held & others:
+      raise ConfigError(
+          f"mesh.shape={tuple(mesh.shape.values())}: process {p}'s devices hold {len(held)} of the "
+          f"{global_batch} rows of a batch, but each of the {process_count} processes reads its own {share}; "
+          f"make data x fsdp (now {batch_divisor(mesh)}) a multiple of the process count, {process_count}")
 
 
 def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules=RULES):
@@ -140,3 +178,129 @@ def unbox(tree):
   return jax.tree_util.tree_map(
       lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
       tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+# ------------------------------------------------------------------------------------ multi-host
+
+def cluster_from_env(env: Mapping[str, str] | None = None) -> str | None:
+  """The multi-process launcher this process runs under, in words, or None.
+
+  Reads the variables that `jax.distributed.initialize()` fills its arguments from (jax/_src/clusters,
+  jax 0.10), and counts only clusters of more than one process, since one process needs no coordinator:
+  SLURM (SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID: what `srun`
+  sets), Open MPI's mpirun (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE) and Cloud TPU on GKE
+  (TPU_WORKER_HOSTNAMES or TPU_PROCESS_ADDRESSES, TPU_WORKER_ID; MEGASCALE_NUM_SLICES slices of them).
+  A Cloud TPU VM keeps its worker list in the GCE metadata server instead: see `_tpu_vm_processes`.
+  """
+  env = os.environ if env is None else env
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+  if all(k in env for k in slurm) and _int(env["SLURM_NTASKS"]) > 1:
+    return f"SLURM job {env['SLURM_JOB_ID']} (SLURM_NTASKS={env['SLURM_NTASKS']})"
+  if "OMPI_MCA_orte_hnp_uri" in env and _int(env.get("OMPI_COMM_WORLD_SIZE", "")) > 1:
+    return f"Open MPI (OMPI_COMM_WORLD_SIZE={env['OMPI_COMM_WORLD_SIZE']})"
+  name = next((k for k in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES") if k in env), None)
+  if name:
+    hosts = len([h for h in env[name].split(",") if h.strip()])
+    slices = max(_int(env.get("MEGASCALE_NUM_SLICES", "")), 1)
+    if hosts * slices > 1:
+      where = f"{name} lists {hosts} host{'s' * (hosts > 1)}" + (f" x {slices} slices" if slices > 1 else "")
+      return f"Cloud TPU ({where})"
+  return None
+
+
+def _int(text: str) -> int:
+  try:
+    return int(text)
+  except ValueError:
+    return 0
+
+
+def _tpu_vm_processes() -> str | None:
+  """A Cloud TPU VM of a multi-host slice, in words (None elsewhere): there the worker list is in the
+  GCE metadata server, not the environment, so ask JAX's own detection (one HTTP query on TPU VMs only)."""
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  if not cloud_tpu_init.running_in_cloud_tpu_vm:
+    return None
+  from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
+  gce = cloud_tpu_cluster.GceTpuCluster
+  try:
+    count = gce.get_process_count() if gce.is_env_present() else 1
+  except Exception as e:  # pylint: disable=broad-except  (network, metadata format, a JAX API change)
+    raise ConfigError(f"a Cloud TPU VM whose worker list could not be read ({type(e).__name__}: {e}); "
+                      "give --coordinator_address, --num_processes and --process_id") from None
+  return f"Cloud TPU VM ({count} workers in the GCE metadata)" if count > 1 else None
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, *, timeout_s: int = 300) -> str:
+  """Joins this process to the others of its run; returns a line for the start-up log.
+
+  Must run before any other JAX call (JAX fixes its device list when the backend starts). With all three
+  arguments the run was launched by hand or by a launcher JAX does not know; with none, a cluster in the
+  environment (`cluster_from_env`, or a multi-host Cloud TPU VM) gives them to JAX; else one process.
+  """
+  given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+           "--process_id": process_id}
+  missing = [k for k, v in given.items() if v is None]
+  if 0 < len(missing) < 3:
+    raise ConfigError(f"{', '.join(k for k in given if k not in missing)} given without {', '.join(missing)}: a "
+                      "multi-process run needs all three of --coordinator_address HOST:PORT, --num_processes N "
+                      "and --process_id I (or none: one process, or SLURM, mpirun or Cloud TPU set them)")
+  if missing:
+    cluster = cluster_from_env() or _tpu_vm_processes()
+    if cluster is None:
+      return "1 process (no --coordinator_address, no multi-process cluster in the environment)"
+    _join(f"the environment of {cluster}", f"not every process of {cluster} joined within {timeout_s} s; "
+          "check that each one runs the same bigjax train command", timeout_s)
+    return f"process {jax.process_index()} of {jax.process_count()}, launched by {cluster}"
+  _check_flags(coordinator_address, num_processes, process_id)
+  _join(f"--coordinator_address={coordinator_address} --num_processes={num_processes} --process_id={process_id}",
+        f"not every process joined within {timeout_s} s; start all of them with the same --coordinator_address "
+        "(process 0's host, reachable from the others) and --num_processes, each with its own --process_id",
+        timeout_s, coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+  if jax.process_count() != num_processes:  # JAX takes process 0's count and says nothing.
+    raise ConfigError(f"--num_processes={num_processes}, but the coordinator at {coordinator_address} runs "
+                      f"{jax.process_count()} processes (process 0's --num_processes); give every process the "
+                      "same --num_processes")
+  return f"process {process_id} of {num_processes}, coordinator {coordinator_address}"
+
+
+def _check_flags(coordinator_address: str, num_processes: int, process_id: int) -> None:
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ConfigError(f"--coordinator_address={coordinator_address!r}: must be HOST:PORT (process 0's host "
+                      "name or IP address and a free port, e.g. 10.0.0.2:1234)")
+  if num_processes < 1:
+    raise ConfigError(f"--num_processes={num_processes}: must be at least 1")
+  if not 0 <= process_id < num_processes:
+    raise ConfigError(f"--process_id={process_id}: must be in [0, {num_processes}) for "
+                      f"--num_processes={num_processes}")
+
+
+def _join(source: str, on_timeout: str, timeout_s: int, **kwargs) -> None:
+  """`jax.distributed.initialize(**kwargs)`, its failures as one line naming where its arguments came from.
+
+  JAX aborts the process from C++ (a stack dump, no Python exception) when not every process registers in
+  time: a missing process, a wrong address, two processes with one --process_id, a coordinator expecting
+  more processes. A watchdog says so in one line and exits first, so JAX gets a little longer than `timeout_s`.
+  """
+  # CPU processes exchange arrays through gloo (JAX 0.10's default; older ones leave it unset). An explicit
+  # choice (JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi) stands.
+  if not jax.config.jax_cpu_collectives_implementation:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  watchdog = threading.Timer(timeout_s, _exit_with, (f"jax.distributed.initialize with {source}: {on_timeout}",))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 30)
+  except Exception as e:  # pylint: disable=broad-except  (JAX raises ValueError, RuntimeError, XlaRuntimeError)
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    raise ConfigError(f"jax.distributed.initialize with {source} failed: {first[:300]}") from None
+  finally:
+    watchdog.cancel()
+
+
+def _exit_with(message: str) -> None:
+  """Ends the process from the watchdog thread (the main thread is blocked inside JAX's C++)."""
+  print(f"bigjax: error: {message}", file=sys.stderr, flush=True)
+  os._exit(2)  # pylint: disable=protected-access

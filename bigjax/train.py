@@ -259,7 +259,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # Classification's targets are label indices: its floor is the label prior, and it has no bytes.
   special = None
   if data.objective.extra_ids and data.eval_windows is not None:  # Sentinels or [MASK] among the targets.
-    sample = [data.train.batch(s) for s in range(16)]
+    # Whole global batches, not this process's rows: every process count must get the same floor.
+    whole = pipeline.TrainStream(data.train.windows, data.objective, global_batch=config.data.batch_size,
+                                 seed=config.train.seed)
+    sample = [whole.batch(s) for s in range(16)]
     special = np.concatenate([b["targets"][b["weights"] > 0] for b in sample])
   target_vocab = len(data.labels) if data.labels else mcfg.vocab_size
   unigram = pipeline.unigram_log_probs(data.train_tokens, target_vocab, special, tok.vocab_size)

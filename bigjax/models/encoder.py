@@ -55,7 +55,11 @@ class Encoder(nn.Module):
       x = layers.norm(cfg, "ln_final")(x)
 
     if cfg.encoder_head == "mlm":
-      h = layers.ACTIVATIONS[cfg.activation](dense((cfg.d_model,), ("mlp",), "mlm_dense")(x))
+      # The transform's output is named `embed`, not `mlp`: mlm_ln normalises over it, and a norm over a
+      # tensor-sharded feature axis gave wrong gradients on a (2, 2, 2) mesh (XLA SPMD; tests/test_meshes.py).
+      h = layers.ACTIVATIONS[cfg.activation](layers.Dense(
+          (cfg.d_model,), ("mlp",), ("embed",), use_bias=cfg.use_bias, init_std=cfg.init_std, dtype=cfg.dtype,
+          param_dtype=cfg.param_dtype, name="mlm_dense")(x))
       h = layers.norm(cfg, "mlm_ln")(h)
       if cfg.tie_embeddings:
         logits = tokens.attend(h)

@@ -1,0 +1,131 @@
+"""The same training on every mesh: (8,1,1), (1,8,1), (2,2,2), (1,2,4) and one device agree on per-step
+losses and final params for each family, and sharded state really shrinks per device."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from bigjax import config as config_lib
+from bigjax import models
+from bigjax import optim
+from bigjax import partitioning
+from bigjax import train
+
+MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
+STEPS = 5
+
+FAMILIES = {  # Every sharded dimension divides by 8 (fsdp) or 4 (tensor): embed 64, heads 4, mlp 128, vocab 96.
+    "decoder": {},
+    "encoder": {"model.family": "encoder", "model.norm_position": "post", "model.type_vocab_size": 2},
+    "encoder_decoder": {"model.family": "encoder_decoder", "model.positions": "relative", "model.norm": "rmsnorm",
+                        "model.use_bias": False, "model.gated_mlp": True, "model.tie_embeddings": False,
+                        "model.num_decoder_layers": 1},
+}
+
+
+def _config(family, scan=None):
+  # Scanned blocks (one block to compile per mesh) keep this file fast; BERT runs unscanned, see below.
+  scan = family != "encoder" if scan is None else scan
+  return tiny_config("unused", **{"model.vocab_size": 96, "model.d_model": 64, "model.num_heads": 4,
+                                  "model.d_ff": 128, "model.max_len": 16, "model.scan_layers": scan,
+                                  "data.seq_len": 16, **FAMILIES[family]})
+
+
+def _batches(family, n, batch=8, length=16, vocab=96):
+  rng = np.random.default_rng(0)
+  out = []
+  for _ in range(n):
+    b = {"inputs": rng.integers(3, vocab, (batch, length)).astype(np.int32),
+         "targets": rng.integers(3, vocab, (batch, length)).astype(np.int32),
+         "weights": (rng.random((batch, length)) < 0.8).astype(np.float32)}
+    if family == "encoder_decoder":
+      b["decoder_input_ids"] = rng.integers(3, vocab, (batch, length)).astype(np.int32)
+    out.append(b)
+  return out
+
+
+_RUNS = {}
+
+
+def _run_cached(family, shape):
+  if (family, shape) not in _RUNS:
+    _RUNS[family, shape] = _run(_config(family), shape, _batches(family, 1) * STEPS)
+  return _RUNS[family, shape]
+
+
+def _run(config, shape, batches):
+  """Per-step losses, final params (host) and the sharded state of STEPS steps on a mesh."""
+  mcfg = config_lib.model_config(config)
+  mesh = partitioning.make_mesh(shape, 1 if shape == (1, 1, 1) else 0)
+  module, tx, schedule = models.build(mcfg), optim.make(config), optim.schedule(config)
+
+  def init_state(rng):
+    params = train.init_params(module, batches[0], rng)
+    return train.TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
+
+  with partitioning.activate(mesh, partitioning.RULES):
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    sh = partitioning.logical_shardings(abstract, mesh)
+    partitioning.check_divisible(abstract, sh)
+    state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=sh)(jax.random.PRNGKey(0))
+    step = jax.jit(train.make_train_step(module, tx, schedule, 0), in_shardings=(sh, partitioning.batch_sharding(mesh)),
+                   out_shardings=(sh, partitioning.replicated(mesh)), donate_argnums=0)
+    losses = []
+    for b in batches:
+      state, metrics = step(state, partitioning.global_batch(b, mesh))
+      losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(state.params), state
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder"])  # decoder first: its runs are reused.
+def test_every_mesh_gives_the_same_losses_and_params(family):
+  # One batch again and again: the loss must fall, on every mesh.
+  ref_losses, ref_params, _ = _run_cached(family, (1, 1, 1))
+  assert ref_losses[-1] < ref_losses[0]
+  for shape in MESHES[1:]:
+    losses, params, _ = _run_cached(family, shape)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=f"mesh {shape}")
+    # Relative difference of the whole parameter vector. (Per leaf, params whose gradient is zero in exact
+    # arithmetic, like attention key biases, hold only Adam-amplified rounding noise on any mesh.)
+    diff = np.sqrt(sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+                       for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params))))
+    norm = np.sqrt(sum(float(np.sum(np.asarray(b, np.float64) ** 2)) for b in jax.tree_util.tree_leaves(ref_params)))
+    assert diff / norm <= 1e-5, (shape, diff / norm)
+
+
+def _device_bytes(tree) -> int:
+  return sum(x.addressable_shards[0].data.nbytes for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "shape"))
+
+
+def test_per_device_state_shrinks_by_fsdp_times_tensor():
+  _, _, one = _run_cached("decoder", (1, 1, 1))
+  total_params, total_opt = _device_bytes(one.params), _device_bytes(one.opt_state)
+  for shape in MESHES[1:]:
+    _, _, state = _run_cached("decoder", shape)
+    factor = shape[1] * shape[2]
+    # Exactly what the specs say: each array's bytes over the mesh axes that shard it.
+    want = 0
+    for x in jax.tree_util.tree_leaves(state.params):
+      axes = [a for part in x.sharding.spec if part for a in ((part,) if isinstance(part, str) else part)]
+      want += x.nbytes // math.prod([x.sharding.mesh.shape[a] for a in axes] or [1])
+    assert _device_bytes(state.params) == want
+    # Overall: biases and norms are sharded on one axis only, so the shrink is close to, not exactly, the factor.
+    for mine, total, what in ((_device_bytes(state.params), total_params, "params"),
+                              (_device_bytes(state.opt_state), total_opt, "optimizer state")):
+      assert total / mine >= 0.85 * factor, (shape, what, total / mine)
+      assert total / mine <= factor + 1e-9, (shape, what, total / mine)
+
+
+@pytest.mark.xfail(strict=True, reason="known: a scanned BERT's gradients differ on a (2, 2, 2) mesh (~1e-3 relative "
+                   "in some leaves; forward logits agree to 2e-7). Unscanned BERT, and scanned GPT and T5, agree. "
+                   "Open in issue 5.")
+def test_scanned_encoder_on_a_three_axis_mesh():
+  batches = _batches("encoder", 1) * STEPS
+  ref, _, _ = _run(_config("encoder", scan=True), (1, 1, 1), batches)
+  got, _, _ = _run(_config("encoder", scan=True), (2, 2, 2), batches)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
