@@ -238,6 +238,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Sizes of the ("data", "fsdp", "tensor") mesh axes; -1 takes the devices left over.
   c.mesh.shape = (-1, 1, 1)
   c.mesh.num_devices = 0  # Use only the first N devices (0 = all).
+  # Overrides of the logical-axis rules (bigjax/partitioning.py RULES): (name, "data" | "fsdp" | "tensor" |
+  # None | ("data", "fsdp")) pairs, e.g. (("embed", None),) keeps params whole on fsdp devices.
+  c.mesh.rules = ()
   return c
 
 

@@ -55,6 +55,37 @@ RULES: tuple[tuple[str, object], ...] = (
 )
 
 
+def rules_for(overrides=()) -> tuple[tuple[str, object], ...]:
+  """`RULES` with the config's `mesh.rules` applied: each (logical name, mesh axis | None | [axes]) pair
+  replaces the default rule of that name, e.g. `(("embed", None),)` turns FSDP's param sharding off."""
+  out = dict(RULES)
+  for pair in overrides or ():
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise ConfigError(f"mesh.rules: {pair!r} is not a (logical name, mesh axes) pair")
+    name, axes = pair
+    if name not in out:
+      raise ConfigError(f"mesh.rules: {name!r} is not a logical axis the models use; known: {', '.join(out)}")
+    listed = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    bad = [a for a in listed if a not in MESH_AXES]
+    if bad:
+      raise ConfigError(f"mesh.rules: {name!r} maps to {bad[0]!r}, not a mesh axis; allowed: "
+                        f"{', '.join(MESH_AXES)} or None")
+    out[name] = axes if axes is None or isinstance(axes, str) else tuple(axes)
+  return tuple(out.items())
+
+
+def check_rules(abstract_boxed_tree, rules, what: str = "param") -> None:
+  """Every logical axis name of the state has a rule: flax would silently replicate an unknown name."""
+  known = {name for name, _ in rules}
+  boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_boxed_tree, is_leaf=boxed):
+    for name in getattr(leaf, "names", ()):
+      if name is not None and name not in known:
+        where = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        raise ConfigError(f"{what} {where} has the logical axis {name!r}, which no rule maps; add "
+                          f"({name!r}, AXIS) to mesh.rules (axes: {', '.join(MESH_AXES)} or None)")
+
+
 def resolve_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int]:
   """Fills a single -1 with the devices left over; checks that the product is `num_devices`."""
   shape = tuple(int(s) for s in shape)

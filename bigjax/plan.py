@@ -409,7 +409,9 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
   partitioning.check_batch(config.data.batch_size, mesh)
   batch = abstract_batch(config, mcfg)
   _, _, boxed = abstract_state(config, mcfg, batch)
-  shardings = partitioning.logical_shardings(boxed, mesh)
+  rules = partitioning.rules_for(config.mesh.rules)
+  partitioning.check_rules(boxed, rules)
+  shardings = partitioning.logical_shardings(boxed, mesh, rules)
   partitioning.check_divisible(boxed, shardings)
   state = partitioning.unbox(boxed)
   params = shard_bytes(state.params, shardings.params)
@@ -434,7 +436,8 @@ def compile_memory(config, mesh_shape=None) -> dict:
   partitioning.check_batch(config.data.batch_size, mesh)
   batch = abstract_batch(config, mcfg)
   module, tx, boxed = abstract_state(config, mcfg, batch)
-  state_sh = partitioning.logical_shardings(boxed, mesh)
+  rules = partitioning.rules_for(config.mesh.rules)
+  state_sh = partitioning.logical_shardings(boxed, mesh, rules)
   partitioning.check_divisible(boxed, state_sh)
   with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
   state = jax.tree_util.tree_map(with_sharding, partitioning.unbox(boxed), state_sh)
@@ -442,7 +445,7 @@ def compile_memory(config, mesh_shape=None) -> dict:
   batch = {k: with_sharding(v, batch_sh) for k, v in batch.items()}
   # The executable never runs: on CPU, skip LLVM's optimisations (half the compile time, same buffers).
   options = {"xla_backend_optimization_level": 0} if jax.devices()[0].platform == "cpu" else None
-  with partitioning.activate(mesh):
+  with partitioning.activate(mesh, rules):
     step = jax.jit(train.make_train_step(module, tx, optim.schedule(config), config.train.seed),
                    in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, partitioning.replicated(mesh)),
                    donate_argnums=0)

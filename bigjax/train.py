@@ -183,7 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # Mesh.
   mesh = partitioning.make_mesh(config.mesh.shape, config.mesh.num_devices)
   partitioning.check_batch(config.data.batch_size, mesh, pc)
-  rules = partitioning.RULES
+  rules = partitioning.rules_for(config.mesh.rules)
 
   # Data.
   data = pipeline.build(config, pi, pc)
@@ -203,6 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   with partitioning.activate(mesh, rules):
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    partitioning.check_rules(abstract, rules)
     state_sh = partitioning.logical_shardings(abstract, mesh, rules)
     partitioning.check_divisible(abstract, state_sh)
     abstract = partitioning.unbox(abstract)

@@ -61,3 +61,23 @@ def test_indivisible_dimension_is_named_before_compiling():
   abstract = _abstract(cfg)
   with pytest.raises(ConfigError, match=r"param decoder/block_0/attention/\w+/\w+ has a dimension of 3 .*\('tensor',\) \(size 8\)"):
     partitioning.check_divisible(abstract, partitioning.logical_shardings(abstract, mesh))
+
+
+def test_config_rules_override_the_defaults_and_bad_rules_are_named():
+  rules = partitioning.rules_for((("embed", None), ("mlp", ("fsdp", "tensor"))))
+  as_dict = dict(rules)
+  assert as_dict["embed"] is None and as_dict["mlp"] == ("fsdp", "tensor") and as_dict["vocab"] == "tensor"
+  cfg = config_lib.ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4, d_ff=64, max_len=8)
+  abstract = _abstract(cfg)
+  sh = partitioning.logical_shardings(abstract, partitioning.make_mesh((2, 2, 2)), rules)
+  assert sh["token_embed"]["embedding"].spec == P("tensor", None)  # embed no longer on fsdp.
+  with pytest.raises(ConfigError, match=r"mesh.rules: 'embedding' is not a logical axis the models use; known: vocab"):
+    partitioning.rules_for((("embedding", "fsdp"),))
+  with pytest.raises(ConfigError, match=r"mesh.rules: 'embed' maps to 'model', not a mesh axis; allowed: data, fsdp"):
+    partitioning.rules_for((("embed", "model"),))
+  # A logical name no rule maps would be replicated silently by flax: it is an error instead.
+  without_mlp = tuple((n, a) for n, a in partitioning.RULES if n != "mlp")
+  with pytest.raises(ConfigError, match=r"param decoder/block_0/mlp/wi/\w+ has the logical axis 'mlp', which no "
+                                        r"rule maps"):
+    partitioning.check_rules(abstract, without_mlp)
+  partitioning.check_rules(abstract, partitioning.RULES)
