@@ -62,6 +62,11 @@ class CausalLM:
     return {"inputs": x[:-1], "targets": x[1:], "weights": np.ones(len(x) - 1, np.float32)}
 
 
+def bert_ids(specials: tuple[int, int, int] | None, base_vocab: int) -> tuple[int, int, int]:
+  """([CLS], [SEP], [MASK]): the tokenizer's pieces when it has them, else the 3 ids after its vocabulary."""
+  return tuple(specials) if specials else (base_vocab, base_vocab + 1, base_vocab + 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskedLM:
   seq_len: int
@@ -78,15 +83,15 @@ class MaskedLM:
 
   @property
   def cls_id(self) -> int:
-    return self.specials[0] if self.specials else self.base_vocab
+    return bert_ids(self.specials, self.base_vocab)[0]
 
   @property
   def sep_id(self) -> int:
-    return self.specials[1] if self.specials else self.base_vocab + 1
+    return bert_ids(self.specials, self.base_vocab)[1]
 
   @property
   def mask_id(self) -> int:
-    return self.specials[2] if self.specials else self.base_vocab + 2
+    return bert_ids(self.specials, self.base_vocab)[2]
 
   @property
   def window(self) -> int:
@@ -365,7 +370,7 @@ class Classification:
     return np.minimum(np.asarray(n_in, np.int64) + 2, self.seq_len)[:, None]
 
   def example(self, inp: np.ndarray, label: int) -> dict[str, np.ndarray]:
-    cls_id, sep_id = (self.specials[0], self.specials[1]) if self.specials else (self.base_vocab, self.base_vocab + 1)
+    cls_id, sep_id, _ = bert_ids(self.specials, self.base_vocab)
     x = np.concatenate([[cls_id], inp[:self.seq_len - 2], [sep_id]]).astype(np.int32)
     return {"inputs": _pad(x, self.seq_len, self.pad_id),
             "attention_mask": (np.arange(self.seq_len) < len(x)).astype(np.int32),
