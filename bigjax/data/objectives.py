@@ -220,7 +220,7 @@ class SpanCorruption:
 class PrefixLM:
   """T5's prefix LM on windows of text. For a decoder, the window is `seq_len + 1` tokens split at
   s ~ U[1, seq_len - 1]: inputs 0..s-1 are the prefix (seen both ways), and the loss covers the targets
-  from x[s] on. For an encoder-decoder, `seq_len - 1` tokens split at s ~ U[1, seq_len - 2]: the
+  from x[s] on. For an encoder-decoder, `seq_len - 1` tokens split at s ~ U[1, seq_len - 3]: the
   encoder reads x[:s] EOS and the decoder writes x[s:] EOS (both fit `seq_len`)."""
 
   seq_len: int
