@@ -47,10 +47,13 @@ class Encoder(nn.Module):
     if cfg.norm_position == "post":
       x = layers.norm(cfg, "ln_embed")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    # Pinned after the (possibly scanned) stack: left to propagation, the MLM head's backward pass got
+    # wrong gradients from XLA's SPMD partitioner on a (2, 2, 2) mesh (tests/test_meshes.py).
     x = layers.constrain(x, layers.BTE)
     # Packed rows (segment_ids 1, 2, ...; 0 = padding) attend within their segment only.
     mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
     x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, name="encoder")(x, mask, None, positions)
+    x = layers.constrain(x, layers.BTE)
     if cfg.norm_position == "pre":
       x = layers.norm(cfg, "ln_final")(x)
 
