@@ -228,6 +228,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 250  # Eval (loss, bits/byte, samples) every this many steps, and at the end.
   c.train.checkpoint_every = 250  # Checkpoint every this many steps, and at the end.
   c.train.keep_checkpoints = 3  # How many recent checkpoints to keep.
+  # The eval metric (a key of the eval line: loss, accuracy, bits_per_byte, ...) whose best checkpoint is
+  # kept besides the recent ones, and whether best is "min" or "max" ("" = keep only the recent ones).
+  c.train.best_metric = "loss"
+  c.train.best_mode = "min"
+  c.train.async_checkpoints = True  # Write checkpoints in the background while training goes on.
+  # Split each batch into this many microbatches and sum their gradients: the update of the whole batch
+  # with 1/k of its activation memory. Must divide data.batch_size (and leave whole rows per device).
+  c.train.grad_accum_steps = 1
+  # A step whose loss or gradients are not finite: "error" stops the run naming the step (the last good
+  # checkpoint is kept), "skip" leaves params and optimizer state as they were and goes on.
+  c.train.on_nonfinite = "error"
   c.train.init_from = ""  # A workdir whose latest params start a fresh run (ignored when resuming).
   c.train.num_samples = 2  # Texts sampled at each eval into samples.txt (0 = none).
   c.train.sample_len = 64  # Tokens sampled after each prompt.
@@ -267,8 +278,13 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"data.target_len={config.data.target_len}: must be >= 0 (0 = data.seq_len)")
   if config.data.eval_batches < 0:
     raise ConfigError(f"data.eval_batches={config.data.eval_batches}: must be >= 0")
-  for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+  for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps"):
     _positive(f"train.{name}", config.train[name])
+  if config.data.batch_size % config.train.grad_accum_steps:
+    raise ConfigError(f"train.grad_accum_steps={config.train.grad_accum_steps} does not divide "
+                      f"data.batch_size={config.data.batch_size} into equal microbatches")
+  _choice("train.on_nonfinite", config.train.on_nonfinite, ("error", "skip"))
+  _choice("train.best_mode", config.train.best_mode, ("min", "max"))
   if config.train.num_samples < 0 or config.train.sample_len < 0:
     raise ConfigError("train.num_samples and train.sample_len must be >= 0")
   if config.optim.learning_rate <= 0:

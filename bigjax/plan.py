@@ -416,15 +416,19 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
   state = partitioning.unbox(boxed)
   params = shard_bytes(state.params, shardings.params)
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch}
-  act = activations(mcfg, batch, shape)
+  # Gradient accumulation: activations of one microbatch, and a second gradient buffer (the running sum).
+  k = config.train.grad_accum_steps
+  micro = {n: jax.ShapeDtypeStruct((v.shape[0] // k,) + v.shape[1:], v.dtype) for n, v in batch.items()}
+  act = activations(mcfg, micro, shape)
   opt_leaves = len(jax.tree_util.tree_leaves(state.opt_state))
   return Plan(
       family=mcfg.family, param_count=sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)),
       mesh=shape, devices=num_devices, device_memory=int(device_memory), memory_source=memory_source,
-      params=params, optimizer=shard_bytes(state.opt_state, shardings.opt_state), gradients=params,
+      params=params, optimizer=shard_bytes(state.opt_state, shardings.opt_state),
+      gradients=params * (2 if k > 1 else 1),
       batch=shard_bytes(batch, batch_sh), activations=act["saved"], peak=act["peak"],
       detail={**act, "optimizer_arrays": opt_leaves, "remat_policy": mcfg.remat_policy,
-              "scan_layers": mcfg.scan_layers, "batch_shapes": {k: list(v.shape) for k, v in batch.items()}})
+              "scan_layers": mcfg.scan_layers, "grad_accum_steps": k, "batch_shapes": {k: list(v.shape) for k, v in batch.items()}})
 
 
 def compile_memory(config, mesh_shape=None) -> dict:
@@ -446,7 +450,8 @@ def compile_memory(config, mesh_shape=None) -> dict:
   # The executable never runs: on CPU, skip LLVM's optimisations (half the compile time, same buffers).
   options = {"xla_backend_optimization_level": 0} if jax.devices()[0].platform == "cpu" else None
   with partitioning.activate(mesh, rules):
-    step = jax.jit(train.make_train_step(module, tx, optim.schedule(config), config.train.seed),
+    step = jax.jit(train.make_train_step(module, tx, optim.schedule(config), config.train.seed,
+                                         config.train.grad_accum_steps),
                    in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, partitioning.replicated(mesh)),
                    donate_argnums=0)
     analysis = step.lower(state, batch).compile(compiler_options=options).memory_analysis()
@@ -480,7 +485,8 @@ def report(plan: Plan, config) -> str:
   rows = [
       ("params", plan.params, f"{plan.param_count:,} x {config.model.param_dtype}, sharded by the rules"),
       ("optimizer state", plan.optimizer, f"{d['optimizer_arrays']} arrays (AdamW: two moments per param)"),
-      ("gradients", plan.gradients, "param-sized, sharded like the params"),
+      ("gradients", plan.gradients, "param-sized, sharded like the params (twice: the running sum, with "
+                                    "train.grad_accum_steps > 1)"),
       ("batch", plan.batch, f"{d['rows']} row{'s' * (d['rows'] != 1)} per device of {batch_shapes}"),
       ("activations saved", plan.activations, f"remat {d['remat_policy']}, scan_layers {d['scan_layers']}: "
        + "; ".join(d["detail"])),

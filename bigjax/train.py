@@ -29,6 +29,7 @@ from bigjax import decode
 from bigjax import models
 from bigjax import optim
 from bigjax import partitioning
+from bigjax import throughput
 from bigjax.config import ConfigError
 from bigjax.data import pipeline
 
@@ -93,14 +94,33 @@ def write_json_atomic(path: epath.Path, obj) -> None:
   tmp.replace(path)
 
 
-class MetricsWriter:
-  """metrics.jsonl (one JSON object a line) and TensorBoard events; only process 0 writes."""
+def _logged_step(line: str) -> float:
+  """The step of a metrics.jsonl line; inf for a line cut short by a kill (dropped on resume)."""
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return math.inf
 
-  def __init__(self, workdir: epath.Path):
+
+class MetricsWriter:
+  """metrics.jsonl (one JSON object a line) and TensorBoard events; only process 0 writes.
+
+  A run resumed at step k first drops the lines of steps after k (logged by a run that stopped before
+  it checkpointed them), so each step has one line, from the run whose state went on."""
+
+  def __init__(self, workdir: epath.Path, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     if self.enabled:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._tf = tf
+      path = workdir / "metrics.jsonl"
+      if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [l for l in lines if _logged_step(l) <= resume_step]
+        if len(kept) != len(lines):
+          tmp = workdir / "metrics.jsonl.tmp"
+          tmp.write_text("".join(kept))
+          tmp.replace(path)
       self._file = (workdir / "metrics.jsonl").open("a")
       self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))
 
@@ -140,23 +160,61 @@ def model_inputs(batch) -> dict[str, Any]:
   return {k: v for k, v in batch.items() if k not in ("targets", "weights", "inputs")}
 
 
-def make_train_step(module, tx, schedule, seed: int):
+def split_microbatches(batch, k: int):
+  """[B, ...] → [k, B/k, ...], microbatch i holding rows i, i+k, i+2k, ...: each device's contiguous
+  block of rows then splits into its own k pieces, so no microbatch moves between devices."""
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, "activation_batch") + (None,) * (x.ndim - 2))
+  return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, on_nonfinite: str = "error"):
+  """One optimizer step on a batch. The loss is the mean cross-entropy over the batch's weighted tokens;
+  with `grad_accum_steps = k` the batch runs as k microbatches whose gradients are summed, each
+  microbatch's loss divided by the whole batch's token count, so the update is the whole batch's (up to
+  float summation order) while activations are those of one microbatch. A step whose loss or gradient
+  is not finite has `metrics["nonfinite"] = 1`; with `on_nonfinite="skip"` it leaves params and
+  optimizer state unchanged (the step counter, data and schedule still advance)."""
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+    count = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
-    def loss_fn(params):
-      logits = module.apply({"params": params}, batch["inputs"], **model_inputs(batch),
-                            deterministic=False, rngs={"dropout": rng})
-      total, count = weighted_xent(logits, batch["targets"], batch["weights"])
-      return total / jnp.maximum(count, 1.0)
+    def loss_fn(params, b, r):
+      logits = module.apply({"params": params}, b["inputs"], **model_inputs(b),
+                            deterministic=False, rngs={"dropout": r})
+      total, _ = weighted_xent(logits, b["targets"], b["weights"])
+      return total / count
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    if grad_accum_steps == 1:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+    else:
+      def micro(carry, xs):
+        i, b = xs
+        l, g = jax.value_and_grad(loss_fn)(state.params, b, jax.random.fold_in(rng, i))
+        return jax.tree_util.tree_map(jnp.add, carry, (l, g)), None
+      zeros = (jnp.zeros([], jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(
+          micro, zeros, (jnp.arange(grad_accum_steps), split_microbatches(batch, grad_accum_steps)))
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if on_nonfinite == "skip":
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree_util.tree_map(keep, params, state.params)
+      opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+               "nonfinite": (~finite).astype(jnp.int32)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every float in `tree` is finite (a scalar; checked before each checkpoint is written)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def make_eval_step(module):
@@ -172,22 +230,41 @@ def make_eval_step(module):
 # ----------------------------------------------------------------------------------------- run
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains to `config.train.steps`, resuming from the workdir if it holds a run. Returns last metrics."""
+  """Trains to `config.train.steps`, resuming from the workdir if it holds a run. Returns last metrics.
+
+  SIGTERM / SIGINT during the run (a preemption notice) ends it early but cleanly: the step in flight
+  finishes, is checkpointed, the save completes, and this returns (`preempted` true in the result)."""
+  with ckpt_lib.Preemption() as preemption:
+    return _train(config, workdir, preemption)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, preemption: ckpt_lib.Preemption) -> dict[str, float]:
   # Setup: everything that can be wrong with the config is found before anything is written.
   mcfg = config_lib.validate(config)
   # Orbax needs absolute paths; a relative local workdir is relative to where the command runs.
   workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
   old_config = check_workdir(workdir, config) if workdir.exists() else None
+  ckpt_lib.check_writable(workdir)
   pc, pi = jax.process_count(), jax.process_index()
 
   # Mesh.
   mesh = partitioning.make_mesh(config.mesh.shape, config.mesh.num_devices)
   partitioning.check_batch(config.data.batch_size, mesh, pc)
+  k = config.train.grad_accum_steps
+  if (config.data.batch_size // k) % partitioning.batch_divisor(mesh):
+    raise ConfigError(f"train.grad_accum_steps={k}: microbatches of {config.data.batch_size // k} rows "
+                      f"(data.batch_size={config.data.batch_size} / {k}) do not divide over the mesh's "
+                      f"data x fsdp = {partitioning.batch_divisor(mesh)} devices; use a divisor of "
+                      f"{config.data.batch_size // partitioning.batch_divisor(mesh)}")
   rules = partitioning.rules_for(config.mesh.rules)
 
   # Data.
   data = pipeline.build(config, pi, pc)
   tok = data.tokenizer
+  eval_names = ("loss", "accuracy") if data.labels else ("loss", "accuracy", "bits_per_byte", "perplexity")
+  if config.train.best_metric and config.train.best_metric not in eval_names:
+    raise ConfigError(f"train.best_metric={config.train.best_metric!r}: allowed values are "
+                      f"{', '.join(map(repr, ('',) + eval_names))}")
 
   # Model and optimizer, state by shape first.
   module = models.build(mcfg)
@@ -210,9 +287,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     n_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract.params))
 
   # Restore: this workdir's latest checkpoint, else init_from, else scratch.
-  workdir.mkdir(parents=True, exist_ok=True)
-  ckpt = ckpt_lib.Checkpointer(str(workdir), keep=config.train.keep_checkpoints)
+  ckpt = ckpt_lib.Checkpointer(str(workdir), keep=config.train.keep_checkpoints,
+                               async_save=config.train.async_checkpoints, best_metric=config.train.best_metric,
+                               best_mode=config.train.best_mode)
   latest = ckpt.latest_step()
+  if ckpt.incomplete:
+    log(f"bigjax: removed {len(ckpt.incomplete)} incomplete checkpoint(s) of an interrupted save "
+        f"({', '.join(ckpt.incomplete)}); "
+        + (f"the last complete one is step {latest}" if latest is not None else "no complete checkpoint exists"))
   if latest is None and old_config is not None and (workdir / "checkpoints").exists():
     log(f"note: {workdir} has a config.json but no complete checkpoint; starting from scratch")
   target = ckpt_lib.abstract_with_shardings(abstract, state_sh)
@@ -247,7 +329,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   repl = partitioning.replicated(mesh)
   with partitioning.activate(mesh, rules):
     t0 = time.time()
-    step_fn = jax.jit(make_train_step(module, tx, schedule, config.train.seed),
+    step_fn = jax.jit(make_train_step(module, tx, schedule, config.train.seed, config.train.grad_accum_steps,
+                                      config.train.on_nonfinite),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(module), in_shardings=(state_sh.params, batch_sh), out_shardings=repl)
     example = partitioning.global_batch(example_batch, mesh)
@@ -272,11 +355,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     byte_lengths[:tok.vocab_size] = tok.byte_lengths()
   ref = pipeline.eval_reference(data.eval_global, unigram, byte_lengths)
 
-  writer = MetricsWriter(workdir)
+  writer = MetricsWriter(workdir, start)
   sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
   sampler = make_sampler(mcfg, sample_len, config.train.sample_temperature, config.train.sample_top_k,
                          tok.eos_id, tok.pad_id)
-  tokens_per_step = config.data.batch_size * seq_len
+  target_len = example_batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in example_batch else None
+  meter = throughput.Throughput.create(mcfg, config.data.batch_size, seq_len, target_len,
+                                       devices=list(mesh.devices.flat))
+  log(f"bigjax: {meter.describe()}")
 
   def evaluate(step: int) -> dict[str, float]:
     with partitioning.activate(mesh, rules):
@@ -321,48 +407,98 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   steps = config.train.steps
   window_t, window_steps, run_t0 = time.time(), 0, time.time()
   it = data.train.iterate(start, position)
-  last_finite = None
+  pending: list[tuple[int, dict]] = []  # Per-step metrics (on device) not yet checked for finiteness.
+  last_finite: tuple[int, float] | None = None
+  skipped = 0  # Non-finite steps skipped (train.on_nonfinite=skip).
+  saved_step, blocked = start, 0.0  # Seconds the loop waited on checkpoint saves.
+  check_params = jax.jit(all_finite)
+
+  def check_finite() -> None:
+    """Every step since the last check: a non-finite one stops the run (or is counted, when skipped)."""
+    nonlocal last_finite, skipped
+    for s, m in jax.device_get(pending):
+      if not m["nonfinite"]:
+        last_finite = (s, float(m["loss"]))
+      elif config.train.on_nonfinite == "skip":
+        skipped += 1
+        log(f"train step {s}: loss {float(m['loss'])} grad_norm {float(m['grad_norm'])} is not finite; "
+            "update skipped (train.on_nonfinite=skip)")
+      else:
+        kept = ckpt.all_steps()
+        ckpt.wait()
+        raise FloatingPointError(
+            f"non-finite loss {float(m['loss'])} (grad_norm {float(m['grad_norm'])}) at step {s}; last finite "
+            + (f"loss {last_finite[1]:.4f} at step {last_finite[0]}" if last_finite else "loss: none this run")
+            + f"; nothing saved after it (checkpoints kept: {kept or 'none'}). Lower optim.learning_rate, raise "
+            "optim.warmup_steps, or set train.on_nonfinite=skip")
+    pending.clear()
+
+  if preemption.signal_name is not None:
+    log(f"bigjax: stopped by {preemption.signal_name} before the first step; nothing to save")
   step = start
-  for step in range(start + 1, steps + 1):
+  for step in range(start + 1, steps + 1) if preemption.signal_name is None else ():
     with partitioning.activate(mesh, rules):
       batch, position = next(it)
       state, metrics = step_fn(state, partitioning.global_batch(batch, mesh))
+    pending.append((step, metrics))
     window_steps += 1
-    if step % config.train.log_every == 0 or step == steps:
+    stop = preemption.requested(step)
+    is_last = step == steps or stop
+    do_log = step % config.train.log_every == 0 or is_last
+    do_save = step % config.train.checkpoint_every == 0 or is_last
+    if do_log or do_save:
+      check_finite()
+    if do_log:
       metrics = jax.device_get(metrics)
-      loss = float(metrics["loss"])
-      if not math.isfinite(loss):
-        ckpt.wait()
-        raise FloatingPointError(f"non-finite loss {loss} at step {step} (in steps {step - window_steps + 1}"
-                                 f"..{step}); last finite logged loss: {last_finite}. Lower "
-                                 "optim.learning_rate or raise optim.warmup_steps")
-      last_finite = loss
       dt = time.time() - window_t
-      tps = tokens_per_step * window_steps / dt
-      last_train = {"loss": loss, "learning_rate": float(metrics["learning_rate"]),
-                    "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tps}
+      speed = meter(window_steps, dt)
+      last_train = {"loss": float(metrics["loss"]), "learning_rate": float(metrics["learning_rate"]),
+                    "grad_norm": float(metrics["grad_norm"]), **speed}
+      if skipped:
+        last_train["skipped_steps"] = skipped
       writer.write(step, "train", last_train)
       eta = (steps - step) * dt / window_steps
-      log(f"train step {step}/{steps}: loss {loss:.4f} lr {last_train['learning_rate']:.2e} grad_norm "
-          f"{last_train['grad_norm']:.3f} | {tps:,.0f} tok/s {1000 * dt / window_steps:.0f} ms/step | "
+      log(f"train step {step}/{steps}: loss {last_train['loss']:.4f} lr {last_train['learning_rate']:.2e} "
+          f"grad_norm {last_train['grad_norm']:.3f} | {speed['tokens_per_s']:,.0f} tok/s "
+          f"{1000 * speed['step_time_s']:.0f} ms/step {speed['tflops_per_device']:.3g} TFLOP/s/device "
+          f"MFU {100 * speed['mfu']:.3g}% | "
           f"elapsed {_fmt_time(time.time() - run_t0)} left {_fmt_time(eta)}")
       window_t, window_steps = time.time(), 0
-    if step % config.train.eval_every == 0 or step == steps:
-      last_eval = evaluate(step)
+    evaluated = None
+    if (step % config.train.eval_every == 0 or step == steps) and not stop:
+      last_eval = evaluated = evaluate(step)
       window_t, window_steps = time.time(), 0  # Eval time is not training throughput.
-    if step % config.train.checkpoint_every == 0 or step == steps:
-      ckpt.save(step, state, {"step": step, "config": resolved, "data": {"seed": config.train.seed,
-                                                                          "position": position}})
+    if do_save and step > saved_step:
+      with partitioning.activate(mesh, rules):
+        if not bool(check_params(state.params)):
+          ckpt.wait()
+          raise FloatingPointError(f"params are not finite after step {step} although its loss is; not "
+                                   f"saved (checkpoints kept: {ckpt.all_steps() or 'none'})")
+      dt_save = ckpt.save(step, state, {"step": step, "config": resolved,
+                                        "data": {"seed": config.train.seed, "position": position}},
+                          metrics=evaluated)
+      blocked += dt_save
+      saved_step = step
+      log(f"checkpoint step {step}: {'started in the background' if config.train.async_checkpoints else 'written'}, "
+          f"the loop waited {dt_save:.2f}s")
+      window_t += dt_save  # Not training throughput either.
+    if stop:
+      waited = ckpt.wait()
+      log(f"bigjax: stopped by {preemption.signal_name} after step {step}; checkpoint {step} is complete "
+          f"(waited {waited:.1f}s). Run the same command again to continue from step {step + 1}.")
+      break
   t_wait = time.time()
-  ckpt.wait()
+  blocked += ckpt.wait()
   ckpt.close()
   writer.close()
-  log(f"bigjax: run ends at step {step}; loop {_fmt_time(time.time() - run_t0)}, final checkpoint wait "
-      f"{time.time() - t_wait:.1f}s")
-  if step == start:
+  log(f"bigjax: run ends at step {step}; loop {_fmt_time(time.time() - run_t0)}, checkpoint saves blocked "
+      f"the loop {blocked:.2f}s in all (final wait {time.time() - t_wait:.1f}s)")
+  if step == start and preemption.signal_name is None:
     log(f"bigjax: already at step {start} (train.steps={steps}); nothing to do. Raise --config.train.steps "
         "to train on.")
-  return {**{f"train_{k}": v for k, v in last_train.items()}, **{f"eval_{k}": v for k, v in last_eval.items()}}
+  out = {**{f"train_{k}": v for k, v in last_train.items()}, **{f"eval_{k}": v for k, v in last_eval.items()}}
+  out.update(stopped_at=step, preempted=preemption.signal_name is not None and step < steps)
+  return out
 
 
 def make_sampler(mcfg, sample_len: int, temperature: float, top_k: int, eos_id: int, pad_id: int):

@@ -32,7 +32,9 @@ def test_workdir_records_the_run(uninterrupted):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "6"
   rows = read_metrics(workdir)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-  assert set(rows[0]) == {"step", "split", "loss", "learning_rate", "grad_norm", "tokens_per_s"}
+  assert set(rows[0]) == {"step", "split", "loss", "learning_rate", "grad_norm", "tokens_per_s", "step_time_s",
+                          "tflops_per_device", "mfu"}
+  assert all(r["tflops_per_device"] > 0 and 0 < r["mfu"] for r in rows)
   evals = read_metrics(workdir, "eval")
   assert [r["step"] for r in evals] == [3, 6]
   assert set(evals[0]) == {"step", "split", "loss", "unigram_loss", "bits_per_byte", "perplexity", "accuracy"}
@@ -85,6 +87,12 @@ def test_one_device_and_eight_devices_agree(text_file, uninterrupted, tmp_path):
     train.train(tiny_config(text_file, **{"mesh.shape": shape, "mesh.num_devices": 0}), workdir)
     many = [r["loss"] for r in read_metrics(workdir)]
     np.testing.assert_allclose(many, one, rtol=1e-5)
+  # Stopped after step 3 on the (2, 2, 2) mesh and resumed there: bit-identical to the mesh's own run.
+  part = str(tmp_path / "mesh_part")
+  on_mesh = {"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}
+  train.train(tiny_config(text_file, **on_mesh, **{"train.steps": 3}), part)
+  train.train(tiny_config(text_file, **on_mesh), part)
+  assert [r["loss"] for r in read_metrics(part)] == many
 
 
 def test_workdir_of_another_shape_is_refused_and_kept(text_file, uninterrupted):
@@ -142,10 +150,15 @@ def test_every_family_trains_resumes_exactly_and_agrees_across_meshes(text_file,
   train.train(cfg(**{"train.steps": 2}), part)
   train.train(cfg(), part)
   assert [r["loss"] for r in read_metrics(part)] == losses
-  # Eight devices on a (2, 2, 2) mesh: the same losses.
+  # Eight devices on a (2, 2, 2) mesh: the same losses; stopped and resumed there, bit-identical to it.
+  on_mesh = {"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}
   mesh = str(tmp_path / "mesh")
-  train.train(cfg(**{"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}), mesh)
+  train.train(cfg(**on_mesh), mesh)
   np.testing.assert_allclose([r["loss"] for r in read_metrics(mesh)], losses, rtol=1e-5)
+  mesh_part = str(tmp_path / "mesh_part")
+  train.train(cfg(**on_mesh, **{"train.steps": 2}), mesh_part)
+  train.train(cfg(**on_mesh), mesh_part)
+  assert [r["loss"] for r in read_metrics(mesh_part)] == [r["loss"] for r in read_metrics(mesh)]
   # Fine-tuning a scanned model (blocks under nn.scan) from the unscanned run: layouts convert on load.
   tuned = str(tmp_path / "tuned")
   train.train(cfg(**{"model.scan_layers": True, "train.init_from": full, "train.steps": 1}), tuned)

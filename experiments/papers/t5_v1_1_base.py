@@ -1,0 +1,113 @@
+r"""T5 v1.1-base pre-training with span corruption on C4: the recipe of Raffel et al. 2019 (arXiv:1910.10683)
+with the changes of the t5.1.1 checkpoints (google-research/text-to-text-transfer-transformer,
+released_checkpoints.md): gated-GELU MLP, no dropout in pre-training, C4 only, untied output layer.
+
+Run (from the repo root). The default is the T5 paper's baseline budget (Sec. 3.1.2); `:released` is
+the budget of the released t5.1.1 base checkpoint (1,000,000 steps):
+
+  bigjax train --config experiments/papers/t5_v1_1_base.py --workdir workdirs/t5_v1_1_base
+  bigjax train --config experiments/papers/t5_v1_1_base.py:released --workdir workdirs/t5_v1_1_base_released
+
+Plan the memory first (no accelerator needed; `--config.data.tokenizer=byte` keeps the planner offline:
+it reads the tokenizer only for its special ids, the shapes are the same):
+
+  bigjax plan --config experiments/papers/t5_v1_1_base.py --config.data.tokenizer=byte --topology v4-8 --mesh 4,1,1
+  bigjax plan --config experiments/papers/t5_v1_1_base.py:released --config.data.tokenizer=byte --topology v4-16 --mesh 8,1,1
+
+The hyper-parameters and this config:
+
+| setting | T5 v1.1 | here |
+| --- | --- | --- |
+| model | 12 + 12 layers, d_model 768, 12 heads, d_kv 64, d_ff 2048, gated GELU (tanh), RMS norm, relative buckets, untied output, 248M | preset `t5_v1_1_base` (same, 247.6M counted) |
+| vocabulary | T5's SentencePiece, 32,000 pieces + 100 sentinels, 32,128 rows | the same model file, sentinels <extra_id_i> = 32099 - i |
+| data | C4 only (no supervised tasks mixed in) | `tfds:c4/en` |
+| objective | span corruption: 15% noise, mean span 3, 512 inputs / 114 targets | the same |
+| batch, steps | paper baseline: 128 x 512, 2^19 = 524,288 steps; released checkpoint: step 1,000,000 | 128, 524,288; `:released` 2048, 1,000,000 |
+| optimizer | Adafactor, no momentum, update clipping 1.0, step scaled by each param's RMS | **AdamW** (see below) |
+| schedule | lr = 1 / sqrt(max(step, 10^4)) | linear warmup 10^4 steps, then cosine down to the rsqrt schedule's final ratio |
+| dropout | 0.0 in pre-training (re-enable for fine-tuning) | 0.0 |
+
+What bigjax does differently, and why (as in t5_base.py):
+
+* Optimizer: AdamW, because bigjax.optim has no Adafactor. Peak lr 0.01 x d_model^-0.5 = 3.6e-4 (Adafactor
+  with parameter scaling moves each matrix by lr x its RMS, about d_model^-0.5 at T5's init; AdamW moves
+  each element by about lr), beta1 0.9, beta2 0.999, no weight decay, global-norm clipping 1.0 instead
+  of Adafactor's per-update RMS clipping. The untied output layer and the embedding are updated in
+  absolute steps of ~lr, not relative to their size as under Adafactor; two float32 moments (2 x 1 GB)
+  instead of factored ones.
+* Schedule: cosine, not inverse square root; it ends at the same fraction of the peak
+  (sqrt(10^4 / steps)) but stays near the peak far longer.
+* The batch size of the t5.1.1 release is not documented next to the checkpoints; `:released` assumes the
+  T5 paper's final-model batch (2^11 sequences, Sec. 3.7).
+* Activations in bfloat16, params and optimizer state in float32.
+
+Published target: the T5 authors publish no benchmark figures for t5.1.1 base (released_checkpoints.md
+lists the changes, not scores). Reference points: the T5 paper's baseline (T5-base v1.0 size, same
+budget as the default here, fine-tuned; Table 1): GLUE 83.28, CNN/DM ROUGE-2 19.24, SQuAD EM 80.88,
+SuperGLUE 71.36; and the released checkpoint itself (`bigjax convert --from_hf` of
+google/t5-v1_1-base), whose span-corruption loss on this config's eval split is what a run from scratch
+should approach.
+
+Planner (measured with `bigjax plan` as above, estimate only):
+
+  default (remat none):
+    bigjax plan: encoder_decoder, 247,577,856 params; mesh (data 4, fsdp 1, tensor 1) on 4 devices of 32.00 GiB (v4-8: 4 TPU v4 chips (8 TensorCores), 32.00 GiB HBM each)
+      total 24.26 GiB of 32.00 GiB; fits: 7.74 GiB to spare (24% of the device)
+  released (scan_layers, remat full):
+    bigjax plan: encoder_decoder, 247,577,856 params; mesh (data 8, fsdp 1, tensor 1) on 8 devices of 32.00 GiB (v4-16: 8 TPU v4 chips (16 TensorCores), 32.00 GiB HBM each)
+      total 18.55 GiB of 32.00 GiB; fits: 13.45 GiB to spare (42% of the device)
+"""
+
+from bigjax import config as config_lib
+
+D_MODEL = 768
+ADAFACTOR_LR = 1e-2  # T5: 1 / sqrt(max(step, 10^4)) is 0.01 for the first 10^4 steps.
+RSQRT_WARMUP = 10_000
+
+
+def get_config(arg=None):
+  """`arg` None or "baseline": 2^19 steps of 128 sequences. "released": 1M steps of 2048 sequences."""
+  budget = arg or "baseline"
+  if budget not in ("baseline", "released"):
+    raise ValueError(f"t5_v1_1_base.py: unknown arg {arg!r}; use baseline (default) or released")
+  c = config_lib.default_config()
+  c.model.preset = "t5_v1_1_base"  # Gated GELU (d_ff 2048), untied output layer, relative buckets.
+  c.model.vocab_size = 32128  # 32,000 pieces + 100 sentinels, padded to a multiple of 128.
+  c.model.dropout_rate = 0.0  # v1.1: no dropout in pre-training.
+  c.model.dtype = "bfloat16"  # Activations; params and optimizer state stay float32.
+
+  c.data.source = "tfds:c4/en"
+  c.data.text_key = "text"
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.tokenizer = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"  # T5's own vocabulary.
+  c.data.objective = "span_corruption"  # 15% noise, mean span 3; 512 input and 114 target tokens.
+  c.data.seq_len = 512
+  c.data.eval_batches = 16
+
+  c.optim.learning_rate = ADAFACTOR_LR * D_MODEL ** -0.5  # 3.6e-4: AdamW's per-element step (see above).
+  c.optim.warmup_steps = RSQRT_WARMUP
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+
+  c.train.log_every = 100
+  c.train.eval_every = 10_000
+  c.train.checkpoint_every = 10_000
+
+  c.mesh.shape = (-1, 1, 1)  # Data parallel: 248M params fit whole on every chip.
+
+  if budget == "baseline":
+    c.data.batch_size = 128
+    c.train.steps = 2**19
+  else:
+    c.data.batch_size = 2048
+    c.train.steps = 1_000_000
+    # 256 rows per chip of a v4-16: remat full (only each block's input kept) brings the step from
+    # ~170 GiB to under 20 GiB a chip (bigjax plan).
+    c.model.scan_layers = True
+    c.model.remat_policy = "full"
+  c.optim.end_lr_ratio = (RSQRT_WARMUP / c.train.steps) ** 0.5  # Where T5's rsqrt schedule ends.
+  return c
