@@ -163,3 +163,56 @@ def evaluate_summary_baseline(records: Sequence[dict], code_key: str = "code",
   """`bigjax.metrics.text` of `copy_function_name` on each record's code against its summary."""
   return metrics.text([copy_function_name(r[code_key]) for r in records],
                       [r[summary_key] for r in records])
+
+
+def run(config, workdir: str, *, max_examples: int = 0, seed: int = 0) -> dict[str, Any]:
+  """The baselines of a run config's task on its eval split, written to `workdir/eval_results.json`
+  (and, for classification, the TF-IDF model's confusion matrix to `workdir/confusion_matrix.png`).
+
+  classification: majority class and TF-IDF + logistic regression, trained on the train split;
+  text_to_text: copying the function name (`copy_function_name`) as the summary. `max_examples` (0 = all)
+  keeps the first N eval records, the ones `bigjax eval --max_examples N` scores."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from bigjax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from bigjax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+
+  objective = pipeline.objective_name(config)
+  d = config.data
+  if objective not in ("classification", "text_to_text") or not d.target_key:
+    raise ConfigError(f"data.objective={objective!r}: baselines exist for 'classification' and 'text_to_text' "
+                      "tasks (with data.target_key)")
+  keys = (d.text_key, d.target_key)
+  settings = {d.text_key: "data.text_key", d.target_key: "data.target_key"}
+
+  def read(split: str) -> list[dict[str, str]]:
+    ds = sources.records(d.source, split, keys, data_dir_=d.data_dir, key_settings=settings)
+    return [{k: v.decode("utf-8") for k, v in r.items()} for r in ds.as_numpy_iterator()]
+
+  eval_records = read(d.eval_split)
+  if max_examples:
+    eval_records = eval_records[:max_examples]
+  out: dict[str, Any] = {"task": d.source, "objective": objective, "split": d.eval_split,
+                         "examples": len(eval_records)}
+  if objective == "classification":
+    train = read(d.train_split)
+    labels = ([s.strip() for s in d.labels.split(",")] if d.labels
+              else sources.class_names(d.source, d.target_key, data_dir_=d.data_dir)
+              or sorted({r[d.target_key] for r in train}))
+    unseen = sorted({r[d.target_key] for r in eval_records} - set(labels))
+    if unseen:
+      raise ConfigError(f"data.target_key={d.target_key!r}: eval label {unseen[0]!r} is not among the task's "
+                        f"labels ({', '.join(labels)})")
+    out["baselines"] = evaluate_classification_baselines(train, eval_records, d.text_key, d.target_key, labels,
+                                                         seed=seed)
+    metrics.plot_confusion(out["baselines"]["tfidf_logreg"]["confusion"], labels,
+                           epath.Path(workdir) / "confusion_matrix.png", title="TF-IDF + logistic regression")
+  else:
+    out["baselines"] = {"copy_function_name": evaluate_summary_baseline(eval_records, d.text_key, d.target_key)}
+  os.makedirs(workdir, exist_ok=True)
+  path = epath.Path(workdir) / "eval_results.json"
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+  return out

@@ -138,8 +138,11 @@ class Checkpointer:
     target = jax.tree_util.tree_map(
         lambda m: m if isinstance(m, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
         abstract_params)
+    # Restore args carry the target shardings: without them Orbax would place each array as it was saved
+    # (a checkpoint of an 8-device mesh could not be read by a one-device process).
     out = ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
-        item={"params": target}, partial_restore=True))
+        item={"params": target}, restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)},
+        partial_restore=True))
     return out["params"]
 
   def wait(self) -> float:

@@ -213,8 +213,11 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3  # Peak learning rate.
-  c.optim.warmup_steps = 100  # Linear warmup from 0 to the peak.
-  c.optim.end_lr_ratio = 0.1  # Cosine decay ends at learning_rate * end_lr_ratio at train.steps.
+  c.optim.warmup_steps = 100  # Linear warmup from 0 to the peak (rsqrt: steps held at the peak).
+  # "cosine" | "linear" (warmup, then decay to learning_rate * end_lr_ratio at train.steps) | "rsqrt" (T5's
+  # inverse square root after warmup_steps) | "constant" (warmup, then the peak).
+  c.optim.schedule = "cosine"
+  c.optim.end_lr_ratio = 0.1  # The decay ends at learning_rate * end_lr_ratio at train.steps.
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.eps = 1e-8
@@ -284,6 +287,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"train.grad_accum_steps={config.train.grad_accum_steps} does not divide "
                       f"data.batch_size={config.data.batch_size} into equal microbatches")
   _choice("train.on_nonfinite", config.train.on_nonfinite, ("error", "skip"))
+  _choice("optim.schedule", config.optim.get("schedule", "cosine"), ("cosine", "linear", "rsqrt", "constant"))
   _choice("train.best_mode", config.train.best_mode, ("min", "max"))
   if config.train.num_samples < 0 or config.train.sample_len < 0:
     raise ConfigError("train.num_samples and train.sample_len must be >= 0")

@@ -292,12 +292,14 @@ def beam_search(step_fn: Callable, cache, prompts, prompt_lengths, *, num_beams:
 
 def for_model(cfg, params, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 1,
-              length_penalty: float = 1.0, early_stopping=False, seed: int = 0) -> list[list[int]]:
+              length_penalty: float = 1.0, early_stopping=False, seed: int = 0, pad_to: int = 0) -> list[list[int]]:
   """Decodes a bigjax model with its KV cache: the output ids for each prompt, as transformers'
   `generate` returns them (decoders: prompt + continuation; encoder-decoders, which read the prompt
   with the encoder: the decoder start id `pad_id` + the answer), cut after EOS.
 
   Sampling with `temperature > 0` (top-k, top-p), greedy with 0, or beam search with `num_beams > 1`.
+  `pad_to` pads the prompts to at least that width: batches of one shape share one compiled program
+  (the compiled decoders are cached by their settings and shapes).
   """
   from bigjax import models  # pylint: disable=g-import-not-at-top
   from bigjax.config import ConfigError  # pylint: disable=g-import-not-at-top
@@ -305,7 +307,7 @@ def for_model(cfg, params, prompts: list[list[int]], *, max_new_tokens: int, eos
     raise ConfigError("model.family='encoder' does not generate text; decode a decoder or encoder_decoder")
   if not prompts or min(len(p) for p in prompts) < 1:
     raise ConfigError("every prompt needs at least one token")
-  b, longest = len(prompts), max(len(p) for p in prompts)
+  b, longest = len(prompts), max(max(len(p) for p in prompts), pad_to)
   ids = np.full((b, longest), pad_id, np.int32)
   for i, p in enumerate(prompts):
     ids[i, :len(p)] = p
@@ -320,13 +322,36 @@ def for_model(cfg, params, prompts: list[list[int]], *, max_new_tokens: int, eos
     dec_prompts, dec_lengths, prefill = ids, lengths, int(lengths.min())
     encoded = mask = None
   else:
-    module = models.build(cfg)
     mask = (np.arange(longest)[None] < lengths[:, None]).astype(np.int32)
-    encoded = jax.jit(functools.partial(module.apply, method=module.encode))(
-        {"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    encoded = _encoder(cfg)({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
     encoded, mask = jnp.repeat(encoded, num_beams, axis=0), jnp.repeat(jnp.asarray(mask), num_beams, axis=0)
     cache = models.init_cache(cfg, rows, 1 + max_new_tokens, longest)
     dec_prompts, dec_lengths, prefill = np.full((b, 1), pad_id, np.int32), np.ones(b, np.int32), 1
+
+  run = _compiled(cfg, num_beams, max_new_tokens, eos_id, pad_id, length_penalty, early_stopping, prefill,
+                  temperature, top_k, top_p)
+  out = run(params, encoded, mask, cache, jnp.asarray(dec_prompts), jnp.asarray(dec_lengths), jax.random.PRNGKey(seed))
+  result = []
+  for row, n in zip(np.asarray(out), dec_lengths):
+    new = list(row[n:n + max_new_tokens])
+    if eos_id in new:
+      new = new[:new.index(eos_id) + 1]
+    result.append([int(t) for t in row[:n]] + [int(t) for t in new])
+  return result
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(cfg):
+  from bigjax import models  # pylint: disable=g-import-not-at-top
+  module = models.build(cfg)
+  return jax.jit(functools.partial(module.apply, method=module.encode))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(cfg, num_beams, max_new_tokens, eos_id, pad_id, length_penalty, early_stopping, prefill, temperature,
+              top_k, top_p):
+  """The jitted decode loop for these settings (jax.jit then caches one executable per input shape)."""
+  from bigjax import models  # pylint: disable=g-import-not-at-top
 
   # Params and encoder outputs are arguments of the jitted function, never constants folded into it.
   def run(params, encoded, mask, cache, prompts, prompt_lengths, rng):
@@ -338,15 +363,7 @@ def for_model(cfg, params, prompts: list[list[int]], *, max_new_tokens: int, eos
     return generate(step, cache, prompts, prompt_lengths, rng, max_new_tokens=max_new_tokens, eos_id=eos_id,
                     pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p, prefill_len=prefill)
 
-  out = jax.jit(run)(params, encoded, mask, cache, jnp.asarray(dec_prompts), jnp.asarray(dec_lengths),
-                     jax.random.PRNGKey(seed))
-  result = []
-  for row, n in zip(np.asarray(out), dec_lengths):
-    new = list(row[n:n + max_new_tokens])
-    if eos_id in new:
-      new = new[:new.index(eos_id) + 1]
-    result.append([int(t) for t in row[:n]] + [int(t) for t in new])
-  return result
+  return jax.jit(run)
 
 
 def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids: list[str], tokenizer: str | None,

@@ -19,6 +19,23 @@
       tokenized with the workdir's tokenizer (or --tokenizer NAME); --prompt_ids "1,2,3" gives ids
       instead. Decoders continue the prompt; encoder-decoders (T5) read it and write the answer.
 
+  bigjax eval --workdir DIR [--split validation] [--max_examples N] [--batch_size B]
+         [--num_beams 4 --max_new_tokens 64 --length_penalty 1]
+      Evaluates the workdir's latest checkpoint on its task's eval split (default: the run's
+      data.eval_split) and writes DIR/eval_results.json: the trainer's eval loss, perplexity, bits/byte
+      and token accuracy for language models; accuracy, macro P/R/F1, ROC-AUC and a confusion matrix
+      (DIR/confusion_matrix.png) for classification; BLEU, ROUGE and exact match of decoded outputs
+      (greedy, or beam search) for text_to_text, with the predictions in DIR/eval_predictions.jsonl.
+      With --fewshot SOURCE (a decoder): in-context classification of SOURCE's records instead, for each
+      k of --fewshot_k (k labelled train examples, then the query; each label scored as the continuation),
+      fields --fewshot_keys TEXT,LABEL, into DIR/fewshot_results.json beside the majority baseline.
+
+  bigjax baselines --config FILE --workdir DIR [--max_examples N]
+      The baselines of a config's task on its eval split, into DIR/eval_results.json: for classification
+      the majority class and TF-IDF + logistic regression (scikit-learn, trained on the train split, its
+      confusion matrix in DIR/confusion_matrix.png); for text_to_text, copying the function name as the
+      summary. --max_examples N keeps the first N eval examples (those `bigjax eval --max_examples N` scores).
+
   bigjax plan --config experiments/quickstart.py [--mesh 1,8,1] [--config.a.b=value ...]
          [--topology v5p-128 | --devices 64 --device_memory 95GiB]
       Plans memory before anything is allocated: per-device bytes of params, optimizer state, gradients,
@@ -54,6 +71,9 @@ COMMANDS = {
     "train": "train or resume a run: --config FILE --workdir DIR [--config.a.b=value ...]",
     "convert": "Hugging Face ⇄ bigjax weights: --from_hf HF_DIR --workdir DIR, or --workdir DIR --to_hf HF_DIR",
     "decode": "generate text: --workdir DIR (or --hf HF_DIR) --prompt TEXT [sampling or beam flags]",
+    "eval": "evaluate a workdir's latest checkpoint on its eval split: --workdir DIR [--split S] "
+            "[--max_examples N] → DIR/eval_results.json",
+    "baselines": "baselines of a config's task on its eval split: --config FILE --workdir DIR [--max_examples N]",
     "plan": "per-device memory of a config on a mesh, before allocating: --config FILE [--mesh d,f,t] "
             "[--topology NAME | --devices N --device_memory SIZE]",
     "tokenizer": "tokenizer train: train a SentencePiece model (--input, --vocab_size, --model_type, --out)",
@@ -67,7 +87,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config.js
                                "TensorBoard events, checkpoints/, samples.txt. May be gs://.")
 _INPUT = flags.DEFINE_string("input", "pydoc_prose", "tokenizer train: text source (pydoc_prose, "
                              "stdlib_code, a path or glob of text, JSONL or CSV files, or tfds:NAME).")
-_SPLIT = flags.DEFINE_string("split", "train", "tokenizer train: split of the source to read.")
+_SPLIT = flags.DEFINE_string("split", "train", "tokenizer train: split of the source to read; eval: the split to "
+                             "evaluate (default there: the run's data.eval_split).")
 _TEXT_KEY = flags.DEFINE_string("text_key", "text", "tokenizer train: the text field of JSONL/CSV records "
                                 "or the text feature of a tfds: source.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8192, "tokenizer train: vocabulary size.")
@@ -95,13 +116,22 @@ _PROMPT = flags.DEFINE_multi_string("prompt", [], "decode: prompt text (repeat f
 _PROMPT_IDS = flags.DEFINE_multi_string("prompt_ids", [], "decode: prompt as comma-separated token ids.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "decode: tokenizer (a SentencePiece .model or 'byte'); "
                                  "default: the workdir's data.tokenizer, or the HF directory's spiece.model.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "decode: tokens to generate after each prompt.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "decode: tokens to generate after each prompt; eval "
+                                "(text_to_text): the most each prediction may take (default there: the run's "
+                                "data.target_len, or data.seq_len / 2 for a decoder).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "decode: sampling temperature (0 = greedy).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "decode: sample among the k most likely tokens (0 = all).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "decode: sample from the smallest set with this much probability.")
-_NUM_BEAMS = flags.DEFINE_integer("num_beams", 1, "decode: beam search with this many beams (1 = no beam).")
-_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "decode: beam score = log p / length**this.")
+_NUM_BEAMS = flags.DEFINE_integer("num_beams", 1, "decode, eval: beam search with this many beams (1 = no beam).")
+_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "decode, eval: beam score = log p / length**this.")
 _SEED = flags.DEFINE_integer("seed", 0, "decode: sampling seed.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "eval: evaluate the first N examples of the split "
+                                     "(0 = all of it).")
+_FEWSHOT = flags.DEFINE_string("fewshot", None, "eval: a labelled source (e.g. stdlib_packages) to classify in "
+                                "context with a decoder, instead of the run's own eval.")
+_FEWSHOT_K = flags.DEFINE_list("fewshot_k", ["0", "1", "4"], "eval --fewshot: demonstrations per query, a list.")
+_FEWSHOT_KEYS = flags.DEFINE_list("fewshot_keys", ["code", "package"], "eval --fewshot: the text and label fields.")
+_EVAL_BATCH = flags.DEFINE_integer("batch_size", 0, "eval: examples per eval batch (0 = the run's data.batch_size).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train: HOST:PORT of process 0 in a multi-process "
                                    "run (with --num_processes and --process_id); unset under SLURM, mpirun and "
                                    "multi-host Cloud TPU, which give it themselves.")
@@ -117,6 +147,9 @@ _COMMAND_FLAGS = {
     "convert": ("from_hf", "to_hf", "workdir"),
     "decode": ("workdir", "hf", "prompt", "prompt_ids", "tokenizer", "max_new_tokens", "temperature", "top_k",
                "top_p", "num_beams", "length_penalty", "seed"),
+    "eval": ("workdir", "split", "max_examples", "batch_size", "num_beams", "max_new_tokens", "length_penalty",
+             "fewshot", "fewshot_k", "fewshot_keys"),
+    "baselines": ("config", "workdir", "max_examples"),
     "plan": ("config", "mesh", "devices", "device_memory", "topology", "compile"),
     "tokenizer": ("input", "split", "text_key", "vocab_size", "model_type", "special_pieces", "out",
                   "max_sentences"),
@@ -232,6 +265,58 @@ def _decode(args: list[str]) -> None:
               length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value)
 
 
+def _eval(args: list[str]) -> None:
+  if args:
+    fail(f"unexpected arguments {args}; usage: bigjax eval --workdir DIR [--split SPLIT] [--max_examples N]")
+  if not _WORKDIR.value:
+    fail("--workdir is required: the run to evaluate")
+  if _FEWSHOT.value:
+    _fewshot()
+    return
+  from bigjax import evaluate  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
+  # --split and --max_new_tokens have other commands' defaults: here, unset means the run's own.
+  evaluate.main(workdir=_WORKDIR.value, split=_SPLIT.value if FLAGS["split"].present else None,
+                max_examples=_MAX_EXAMPLES.value, batch_size=_EVAL_BATCH.value, num_beams=_NUM_BEAMS.value,
+                max_new_tokens=_MAX_NEW.value if FLAGS["max_new_tokens"].present else 0,
+                length_penalty=_LENGTH_PENALTY.value)
+
+
+def _fewshot() -> None:
+  try:
+    ks = [int(k) for k in _FEWSHOT_K.value]
+  except ValueError:
+    fail(f"--fewshot_k={','.join(_FEWSHOT_K.value)}: give whole numbers such as 0,1,4")
+  if any(k < 0 for k in ks) or len(_FEWSHOT_KEYS.value) != 2:
+    fail("--fewshot_k takes numbers >= 0 and --fewshot_keys two field names, TEXT,LABEL")
+  import json  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from bigjax import fewshot  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
+  text_key, label_key = _FEWSHOT_KEYS.value
+  out = fewshot.evaluate(_WORKDIR.value, _FEWSHOT.value, text_key=text_key, label_key=label_key, ks=ks,
+                         split=_SPLIT.value if FLAGS["split"].present else "validation",
+                         max_examples=_MAX_EXAMPLES.value, batch_size=_EVAL_BATCH.value or 16)
+  path = epath.Path(_WORKDIR.value) / "fewshot_results.json"
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+  tmp.replace(path)
+  print(fewshot.summary(out))
+  print(f"bigjax: wrote {path}")
+
+
+def _baselines(args: list[str]) -> None:
+  if args:
+    fail(f"unexpected arguments {args}; usage: bigjax baselines --config FILE --workdir DIR")
+  config = _load_config()
+  if not _WORKDIR.value:
+    fail("--workdir is required: where eval_results.json of the baselines goes")
+  from bigjax import baselines  # pylint: disable=g-import-not-at-top  (heavy: TF, scikit-learn)
+  out = baselines.run(config, _WORKDIR.value, max_examples=_MAX_EXAMPLES.value)
+  for name, m in out["baselines"].items():
+    shown = {k: m[k] for k in ("accuracy", "f1", "roc_auc", "bleu", "rouge1", "rouge2", "rougeL") if k in m}
+    print(f"{name}: " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+  print(f"bigjax: {out['examples']} {out['split']} examples of {out['task']}; wrote {_WORKDIR.value}/eval_results.json")
+
+
 def _plan(args: list[str]) -> None:
   if args:
     fail(f"unexpected arguments {args}; usage: bigjax plan --config FILE [--mesh d,f,t] "
@@ -265,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
   if command not in COMMANDS:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (bigjax --help)")
   try:
-    {"train": _train, "convert": _convert, "decode": _decode, "plan": _plan, "tokenizer": _tokenizer}[command](args)
+    {"train": _train, "convert": _convert, "decode": _decode, "eval": _eval, "baselines": _baselines, "plan": _plan,
+     "tokenizer": _tokenizer}[command](args)
   except ConfigError as e:
     fail(str(e))
   except KeyboardInterrupt:

@@ -309,7 +309,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: ckpt_lib
       state = init(jax.random.PRNGKey(config.train.seed))
       source = "scratch"
       if config.train.init_from:
-        state = state.replace(params=load_params(config.train.init_from, mcfg, state.params, state_sh.params))
+        state = state.replace(params=load_params(config.train.init_from, mcfg, state.params, state_sh.params,
+                                                 config.data.tokenizer))
         source = f"init_from {config.train.init_from} (params only, fresh optimizer)"
   start = int(state.step)
   # Written only once the state exists, so that a failed start leaves no config pinning the workdir.
@@ -526,7 +527,7 @@ def _unflatten(flat: dict[str, Any]) -> dict:
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any], tuple | None]:
+def _params_from(init_from: str, mcfg, tokenizer: str | None = None) -> tuple[str, dict[str, Any], tuple | None]:
   """(description, flat params as host arrays or Orbax metadata, (workdir, step) when the params are
   still to be read from that checkpoint) of a workdir or a Hugging Face model dir."""
   src = epath.Path(init_from)
@@ -537,12 +538,20 @@ def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any], tuple | Non
     from bigjax import convert  # pylint: disable=g-import-not-at-top
     _, params = convert.from_hf(init_from)
     return "a Hugging Face model", _flatten(models.to_layout(mcfg, params)), None
+  saved = ml_collections.ConfigDict(json.loads((src / "config.json").read_text()))
+  other_cfg = config_lib.model_config(saved)
+  if other_cfg.family != mcfg.family:
+    raise ConfigError(f"train.init_from={init_from!r} holds a model.family={other_cfg.family!r} model, but this "
+                      f"run trains model.family={mcfg.family!r}; start from a {mcfg.family} workdir")
+  if tokenizer is not None and saved.data.tokenizer != tokenizer:
+    raise ConfigError(f"train.init_from={init_from!r} was trained with data.tokenizer={saved.data.tokenizer!r}, "
+                      f"but this run uses data.tokenizer={tokenizer!r}: its token embeddings would mean other "
+                      "pieces; use the same tokenizer")
   other = ckpt_lib.Checkpointer(str(src))
   step = other.latest_step()
   if step is None:
     raise ConfigError(f"train.init_from={init_from!r}: the workdir has no complete checkpoint")
   stored = other.param_metadata(step)
-  other_cfg = config_lib.model_config(ml_collections.ConfigDict(json.loads((src / "config.json").read_text())))
   if other_cfg.scan_layers != mcfg.scan_layers:  # Restore in the stored layout, then convert on the host.
     host = other.restore_params(step, stored)
     other.close()
@@ -551,11 +560,11 @@ def _params_from(init_from: str, mcfg) -> tuple[str, dict[str, Any], tuple | Non
   return f"step {step} of that workdir", _flatten(stored), (src, step)
 
 
-def load_params(init_from: str, mcfg, fresh_params, shardings):
+def load_params(init_from: str, mcfg, fresh_params, shardings, tokenizer: str | None = None):
   """`fresh_params` with every parameter that `init_from` (a workdir or a HF model dir) also has replaced
   by its value there. Parameters only here (a new head) keep their fresh values, parameters only there
   are left out; both are logged. A parameter whose shape differs is an error naming it."""
-  what, theirs, checkpoint = _params_from(init_from, mcfg)
+  what, theirs, checkpoint = _params_from(init_from, mcfg, tokenizer)
   ours, sh = _flatten(fresh_params), _flatten(shardings)
   for name, leaf in ours.items():
     if name in theirs and tuple(theirs[name].shape) != tuple(leaf.shape):

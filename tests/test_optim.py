@@ -23,6 +23,17 @@ def _config(**optim_overrides):
   return c
 
 
+def test_linear_rsqrt_and_constant_schedules():
+  lin = optim.schedule(_config(schedule="linear"))
+  assert [float(lin(t)) for t in (0, 5, 10, 55, 100)] == pytest.approx([0.0, 5e-4, 1e-3, 5.5e-4, 1e-4])
+  rsqrt = optim.schedule(_config(schedule="rsqrt"))  # T5: 1/sqrt(max(step, 10k)) is peak 0.01, warmup 10k.
+  assert [float(rsqrt(t)) for t in (0, 10, 40, 90)] == pytest.approx([1e-3, 1e-3, 5e-4, 1e-3 / 3])
+  const = optim.schedule(_config(schedule="constant"))
+  assert [float(const(t)) for t in (0, 5, 10, 99)] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
+  with pytest.raises(config_lib.ConfigError, match=r"optim.schedule='step': allowed values are 'cosine'"):
+    optim.schedule(_config(schedule="step"))
+
+
 def test_warmup_then_cosine_to_the_end_ratio():
   s = optim.schedule(_config())
   assert float(s(0)) == 0.0

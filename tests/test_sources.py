@@ -74,6 +74,9 @@ def test_any_tfds_dataset_by_name(tmp_path):
   with tfds.testing.mock_data(num_examples=6):
     docs = texts("tfds:imdb_reviews", "train")
     assert len(docs) == 6 and all(isinstance(d, str) for d in docs)
+    # TFDS slicing is accepted (a held-out eval slice of a train-only dataset); mock_data serves
+    # num_examples for any split, so the slice's size is TFDS's business, not checked here.
+    assert len(texts("tfds:imdb_reviews", "train[:50%]")) == 6
     with pytest.raises(ConfigError, match=r"data.text_key='body' is not a feature of tfds:imdb_reviews; it has"):
       texts("tfds:imdb_reviews", "train", text_key="body")
 

@@ -51,7 +51,7 @@ import tensorflow_datasets as tfds
 
 from bigjax.config import ConfigError
 
-EMBEDDED = ("pydoc_prose", "stdlib_code")
+EMBEDDED = ("pydoc_prose", "stdlib_code", "stdlib_functions", "stdlib_packages")
 _CODE_VALIDATION_PERCENT = 3
 _RECORD_VALIDATION_PERCENT = 5
 _EMPTY_SOURCE = f"data.source is empty: give a path or glob, 'tfds:NAME', or one of {', '.join(EMBEDDED)}"
@@ -119,7 +119,52 @@ class StdlibCode(tfds.core.GeneratorBasedBuilder):
         yield rel, {"text": text, "path": rel}
 
 
-_BUILDERS = {"pydoc_prose": PydocProse, "stdlib_code": StdlibCode}
+class StdlibFunctions(tfds.core.GeneratorBasedBuilder):
+  """Every documented function of the standard library: code (docstring removed), summary (the docstring's
+  first line), package. Summarisation (code → summary), and pre-training text with data.text_key=code."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "bigjax.data.tasks: crc32(code) % 100 < 10 is validation."}
+
+  def _package_feature(self):
+    return tfds.features.Text()
+
+  def _keep(self, record) -> bool:
+    del record
+    return True
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({"code": tfds.features.Text(), "summary": tfds.features.Text(),
+                                             "package": self._package_feature()}),
+        description=(self.__doc__ or "").strip())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples("train"), "validation": self._generate_examples("validation")}
+
+  def _generate_examples(self, split: str):
+    from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
+    for key, s, record in tasks.iter_functions():
+      if s == split and self._keep(record):
+        yield key, record
+
+
+class StdlibPackages(StdlibFunctions):
+  """The functions of 20 large standard-library packages (bigjax.data.tasks.PACKAGES): classification of a
+  function's code into its package; `package` is a ClassLabel in PACKAGES order."""
+
+  def _package_feature(self):
+    from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
+    return tfds.features.ClassLabel(names=list(tasks.PACKAGES))
+
+  def _keep(self, record) -> bool:
+    from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
+    return record["package"] in tasks.PACKAGES
+
+
+_BUILDERS = {"pydoc_prose": PydocProse, "stdlib_code": StdlibCode, "stdlib_functions": StdlibFunctions,
+             "stdlib_packages": StdlibPackages}
 
 
 def data_dir(config_data_dir: str) -> str | None:
@@ -134,8 +179,10 @@ def _tfds_builder(name: str, split: str, data_dir_: str | None):
                       f"{str(e).splitlines()[0]})") from None
   if not builder.is_prepared():
     builder.download_and_prepare()
-  if builder.info.splits and split not in builder.info.splits:
-    raise ConfigError(f"split {split!r} is not in tfds:{name}; it has {', '.join(builder.info.splits)}")
+  base = re.split(r"[\[+]", split)[0]  # TFDS slicing: "train[:99%]", "train[99%:]", "train+validation".
+  if builder.info.splits and base not in builder.info.splits:
+    raise ConfigError(f"split {split!r} is not in tfds:{name}; it has {', '.join(builder.info.splits)} "
+                      "(slices such as 'train[:1%]' work too)")
   return builder
 
 
@@ -158,9 +205,13 @@ def _embedded_builder(name: str, split: str, data_dir_: str | None):
   return builder
 
 
-def _embedded_documents(name: str, split: str, data_dir_: str | None) -> tf.data.Dataset:
-  ds = _embedded_builder(name, split, data_dir_).as_dataset(split=split, shuffle_files=False)
-  return ds.map(lambda ex: ex["text"], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+def _embedded_documents(name: str, split: str, data_dir_: str | None, text_key: str = "text") -> tf.data.Dataset:
+  builder = _embedded_builder(name, split, data_dir_)
+  if text_key not in builder.info.features:
+    raise ConfigError(f"data.text_key={text_key!r} is not a field of {name}; it has "
+                      f"{', '.join(builder.info.features.keys())}")
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  return ds.map(lambda ex: ex[text_key], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def local_files(pattern: str) -> list[str]:
@@ -405,10 +456,13 @@ def records(source: str, split: str, keys: Sequence[str], *, data_dir_: str = ""
 def class_names(source: str, key: str, *, data_dir_: str = "") -> list[str] | None:
   """The names of a TFDS ClassLabel feature `key`, in index order (None for other sources and features):
   classification then keeps the dataset's own label ids (MNLI's entailment = 0, as published)."""
-  if not source.startswith("tfds:"):
+  if source in _BUILDERS:
+    builder = _embedded_builder(source, "train", data_dir(data_dir_))
+  elif source.startswith("tfds:"):
+    builder = _tfds_builder(source[len("tfds:"):], "train", data_dir(data_dir_))
+  else:
     return None
-  builder = _tfds_builder(source[len("tfds:"):], "train", data_dir(data_dir_))
-  feature = builder.info.features.get(key) if hasattr(builder.info.features, "get") else None
+  feature = builder.info.features[key] if key in builder.info.features else None
   return list(feature.names) if isinstance(feature, tfds.features.ClassLabel) else None
 
 
@@ -432,7 +486,7 @@ def documents(source: str, split: str, *, data_dir_: str = "", text_key: str = "
   """
   dd = data_dir(data_dir_)
   if source in _BUILDERS:
-    return _embedded_documents(source, split, dd)
+    return _embedded_documents(source, split, dd, text_key)
   if source.startswith("tfds:"):
     return _tfds_documents(source[len("tfds:"):], split, dd, text_key)
   if not source:

@@ -1,13 +1,25 @@
-"""Labelled tasks made from the embedded `stdlib_code` corpus (no download), as JSONL record files.
+"""Labelled tasks made from the standard library's source (the embedded `stdlib_code` corpus's files; no
+download), as JSONL record files that `data.source='DIR/*.jsonl'` reads (split by file name).
 
-`write_stdlib_functions(out_dir)` writes `train.jsonl` and `validation.jsonl`: one record per function
-or method of the standard library that has a docstring, with
-  code      its source with the docstring removed (dedented),
-  summary   the docstring's first line,
-  package   the top-level package or module it comes from (`email`, `asyncio`, `json`, ...).
-The split follows `stdlib_code`'s (crc32 of the file's path), so no function of a validation file was
-seen in pre-training. The records are a text-to-text task (code → summary) and, with `package` as the
-label, a classification task; both read with `data.source='<out_dir>/*.jsonl'`.
+Embedded record sources (TFDS builders in `sources`, prepared on first use, no files to manage):
+`data.source=stdlib_functions` and `data.source=stdlib_packages` (whose `package` is a ClassLabel in the
+order of PACKAGES). `write_stdlib_functions(out_dir)` writes the same records as JSONL files. Both parse
+every documented function or method of the running Python's standard library (site-packages excluded):
+
+
+  functions  (stdlib_functions)        every function: `code` (its source with the docstring removed,
+                                       dedented), `summary` (the docstring's first line), `package` (the
+                                       top-level package or module: `email`, `asyncio`, `json`, ...).
+                                       Summarisation (code → summary) reads these; so does pre-training
+                                       (`data.text_key=code`): its train split holds no validation function.
+  packages   (stdlib_packages)         the functions of the PACKAGES below (the 20 largest by function
+                                       count, leaving out `test`, the test suite of every other package):
+                                       classification, code → package.
+
+One split for both: a function is `validation` when crc32 of its code % 100 < 10 (`VALIDATION_PERCENT`),
+so no validation function's code is in any train split (pre-training included). Functions of one file
+can sit on both sides, as in a random split of examples; identical code (a few overloads) lands on
+one side only.
 """
 
 from __future__ import annotations
@@ -16,8 +28,8 @@ import ast
 import json
 import os
 import sysconfig
+import zlib
 
-from bigjax.data import sources
 
 
 def _functions(text: str):
@@ -41,28 +53,52 @@ def _functions(text: str):
     yield "\n".join(l[indent:] for l in kept), summary
 
 
-def write_stdlib_functions(out_dir: str, *, max_files: int = 0) -> dict[str, int]:
-  """Writes `out_dir/{train,validation}.jsonl`; returns records per split. `max_files` (0 = all) caps the
-  files read, in sorted order, for quick runs."""
+VALIDATION_PERCENT = 10
+# The classification task's labels (Python 3.11's stdlib: 20 largest packages by documented functions,
+# `test` left out), fixed here so that the task does not move with a new Python's file layout.
+PACKAGES = ("tkinter", "idlelib", "distutils", "asyncio", "email", "importlib", "logging", "_pydecimal",
+            "multiprocessing", "lib2to3", "mailbox", "turtle", "unittest", "xml", "http", "tarfile", "urllib",
+            "datetime", "pydoc", "ipaddress")
+
+
+def is_validation(code: str) -> bool:
+  return zlib.crc32(code.encode("utf-8")) % 100 < VALIDATION_PERCENT
+
+
+def iter_functions(max_files: int = 0):
+  """(key, split, record) of every documented stdlib function, files in sorted order; `key` is unique
+  (file path and position). `max_files` (0 = all) caps the files read, for quick runs."""
   root = sysconfig.get_paths()["stdlib"]
-  os.makedirs(out_dir, exist_ok=True)
-  counts = {"train": 0, "validation": 0}
   files = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__"))
     files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
-  files = files[:max_files] if max_files else files
-  outs = {s: open(os.path.join(out_dir, f"{s}.jsonl.tmp"), "w", encoding="utf-8") for s in counts}
-  for path in files:
+  for path in files[:max_files] if max_files else files:
     rel = os.path.relpath(path, root)
-    split = "validation" if sources._is_validation(rel) else "train"  # pylint: disable=protected-access
     package = rel.split(os.sep)[0].removesuffix(".py")
     with open(path, "rb") as f:
       text = f.read().decode("utf-8", errors="replace")
-    for code, summary in _functions(text):
-      outs[split].write(json.dumps({"code": code, "summary": summary, "package": package}) + "\n")
-      counts[split] += 1
-  for s, f in outs.items():
+    for i, (code, summary) in enumerate(_functions(text)):
+      yield f"{rel}:{i}", "validation" if is_validation(code) else "train", {
+          "code": code, "summary": summary, "package": package}
+
+
+def write_stdlib_functions(out_dir: str, *, max_files: int = 0) -> dict[str, dict[str, int]]:
+  """Writes `out_dir/functions/` and `out_dir/packages/` (see the module docstring); returns the records
+  per task and split. The same records as the embedded `stdlib_functions` / `stdlib_packages` sources."""
+  counts = {task: {"train": 0, "validation": 0} for task in ("functions", "packages")}
+  outs = {}
+  for task in counts:
+    os.makedirs(os.path.join(out_dir, task), exist_ok=True)
+    for split in ("train", "validation"):
+      outs[task, split] = open(os.path.join(out_dir, task, f"{split}.jsonl.tmp"), "w", encoding="utf-8")
+  for _, split, record in iter_functions(max_files):
+    line = json.dumps(record) + "\n"
+    for task in counts:
+      if task == "functions" or record["package"] in PACKAGES:
+        outs[task, split].write(line)
+        counts[task][split] += 1
+  for (task, split), f in outs.items():
     f.close()
-    os.replace(os.path.join(out_dir, f"{s}.jsonl.tmp"), os.path.join(out_dir, f"{s}.jsonl"))
+    os.replace(os.path.join(out_dir, task, f"{split}.jsonl.tmp"), os.path.join(out_dir, task, f"{split}.jsonl"))
   return counts

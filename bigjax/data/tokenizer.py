@@ -89,7 +89,8 @@ class SentencePieceTokenizer:
     return self.sp.encode(list(texts), out_type=int)
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self.sp.decode([int(i) for i in ids if i not in (self.pad_id, self.eos_id)])
+    # Ids past the tokenizer (a model vocabulary padded beyond it, sentinels appended) stand for no text.
+    return self.sp.decode([int(i) for i in ids if i not in (self.pad_id, self.eos_id) and 0 <= i < self.sp.vocab_size()])
 
   def tf_encoder(self):
     """A function tf.string → int32 ids that runs inside tf.data graphs (build it eagerly: the

@@ -45,11 +45,11 @@ def configs(task_dir: str) -> dict:
   c.data.objective = "prefix_lm"
   out["prefix_lm"] = c
   c = experiment("t5_span")
-  c.data.update(objective="text_to_text", source=os.path.join(task_dir, "*.jsonl"), text_key="code",
+  c.data.update(objective="text_to_text", source=os.path.join(task_dir, "functions", "*.jsonl"), text_key="code",
                 target_key="summary", seq_len=256, target_len=64)
   out["text_to_text"] = c
   c = experiment("bert_mlm")
-  c.data.update(objective="classification", source=os.path.join(task_dir, "*.jsonl"), text_key="code",
+  c.data.update(objective="classification", source=os.path.join(task_dir, "packages", "*.jsonl"), text_key="code",
                 target_key="package")
   c.model.encoder_head = "classifier"
   out["classification"] = c
@@ -108,14 +108,8 @@ def main():
     counts = tasks.write_stdlib_functions(task_dir)
     print(f"task records {counts} written in {time.perf_counter() - t0:.1f}s", flush=True)
     all_cfgs = configs(task_dir)
-    labels = sorted({json.loads(l)["package"] for l in open(os.path.join(task_dir, "train.jsonl"))})
-    all_cfgs["classification"].model.num_labels = len(labels)
-    all_cfgs["classification"].data.labels = ",".join(labels)
-    # Validation functions whose package never occurs in train: none can be predicted; leave them out.
-    with open(os.path.join(task_dir, "validation.jsonl")) as f:
-      kept = [l for l in f if json.loads(l)["package"] in set(labels)]
-    with open(os.path.join(task_dir, "validation.jsonl"), "w") as f:
-      f.writelines(kept)
+    all_cfgs["classification"].model.num_labels = len(tasks.PACKAGES)
+    all_cfgs["classification"].data.labels = ",".join(tasks.PACKAGES)
     del pipeline
     for name in args.objectives.split(","):
       r = measure(all_cfgs[name], args.seconds)

@@ -28,16 +28,15 @@ The paper's hyper-parameters (A.2) and this config:
 | steps | 1,000,000 | 900,000 + 100,000 |
 | optimizer | Adam, lr 1e-4, beta1 0.9, beta2 0.999, L2 weight decay 0.01 (decoupled in its code) | AdamW 1e-4, 0.9, 0.999, weight decay 0.01 |
 | epsilon, clipping | 1e-6, global norm 1.0 (google-research/bert optimization.py) | 1e-6, 1.0 |
-| schedule | 10k warmup steps, then linear decay to 0 at step 1M | 10k warmup, then *cosine* to the paper's values at each phase end |
+| schedule | 10k warmup steps, then linear decay to 0 at step 1M | 10k warmup, then linear (`optim.schedule="linear"`) to the paper's values at each phase end |
 | dropout | 0.1 on all layers | 0.1 (embeddings, attention probabilities, sublayer outputs) |
 
 What bigjax does differently, and why:
 
-* Schedule: bigjax.optim has only warmup + cosine decay to `optim.end_lr_ratio` (no linear decay, no
-  `optim.schedule` setting yet). Each phase ends where the paper's linear schedule is at that step:
-  phase 1 decays to 1e-5 at step 900k (the paper's lr there: 1e-4 x (1 - 900k/1M)); phase 2 starts at
-  1e-5 and decays to 0 at its step 100k. In between, cosine sits above the paper's line, by at most
-  1.0e-5 mid-phase 1 and 1.1e-6 mid-phase 2.
+* Schedule: linear in two pieces, one per phase. Each phase ends where the paper's linear schedule is at
+  that step: phase 1 decays to 1e-5 at step 900k (the paper's lr there: 1e-4 x (1 - 900k/1M)); phase 2
+  starts at 1e-5 and decays to 0 at its step 100k. The paper's line starts its decay at step 0 under the
+  warmup (0.99e-4 at step 10k), bigjax's at the end of warmup (1e-4): at most 1e-6 apart.
 * Two runs, not one: `data.seq_len` is fixed for a workdir, so phase 2 is a new workdir that starts from
   phase 1's params (`train.init_from`). Adam's moments and the step count start afresh there (the
   paper does not say whether its 512-token phase kept them); phase 2 has no warmup of its own, only
@@ -114,6 +113,7 @@ def get_config(arg=None):
 
   c.mesh.shape = (-1, 1, 1)  # Data parallel: 110M params fit whole on every chip.
 
+  c.optim.schedule = "linear"
   if phase == "phase1":
     c.data.seq_len = 128
     c.optim.learning_rate = PEAK_LR

@@ -1,0 +1,42 @@
+r"""GPT chain: causal-LM pre-training on standard-library code, then perplexity on held-out functions and
+zero-/few-shot in-context classification of a function's package (no fine-tuning: each package name is
+scored as the continuation of k labelled examples and the query), against two baselines.
+
+Run (from the repo root), in this order:
+
+  bigjax train --config experiments/gpt_code.py --workdir workdirs/gpt_code
+  bigjax eval --workdir workdirs/gpt_code
+  bigjax eval --workdir workdirs/gpt_code --fewshot stdlib_packages --fewshot_k 0,1,4
+  bigjax baselines --config experiments/bert_packages.py:finetune --workdir workdirs/bert_packages_baselines
+
+Data (embedded, no download; `bigjax/data/tasks.py`): the `code` of the 7,429 train-split documented
+stdlib functions (`stdlib_functions`); eval on the 820 validation functions, never seen in training. The
+few-shot task is `stdlib_packages` (20 packages); its demonstrations come from its train split.
+"""
+
+from bigjax import config as config_lib
+
+
+def get_config(arg=None):
+  del arg
+  c = config_lib.default_config()
+  c.model.vocab_size = 4096  # code_sp4k.model has 4096 ids.
+  c.model.d_model = 128
+  c.model.num_layers = 4
+  c.model.num_heads = 2
+  c.model.d_ff = 512
+  c.model.max_len = 256
+  c.data.source = "stdlib_functions"
+  c.data.text_key = "code"
+  c.data.tokenizer = "code_sp4k.model"
+  c.data.seq_len = 256  # Prompts for few-shot scoring are up to 256 tokens too.
+  c.data.batch_size = 16
+  c.data.eval_batches = 0  # The whole validation split.
+  c.optim.learning_rate = 5e-3
+  c.optim.warmup_steps = 50
+  c.train.steps = 1000
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.train.num_samples = 2
+  return c

@@ -1,0 +1,201 @@
+"""bigjax.fewshot: continuation scores against a token-by-token reference, prompts, demonstration draws,
+a tiny decoder trained on a labelled pattern and classified in context, and the one-line errors."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from bigjax import config as config_lib
+from bigjax import fewshot
+from bigjax import models
+from bigjax import train
+from bigjax.config import ConfigError
+from bigjax.data import tokenizer as tokenizer_lib
+
+
+def reference_score(apply, params, prompt, cont, max_len):
+  """log P(cont | prompt) from the full logits of the one unpadded row `prompt + cont` (the prompt cut to
+  its last tokens by hand), read one continuation token at a time after a numpy log-softmax (float64)."""
+  prompt = list(prompt)[len(prompt) - min(len(prompt), max_len + 1 - len(cont)):]
+  seq = prompt + list(cont)
+  logits = np.asarray(apply({"params": params}, np.array([seq[:-1]], np.int32)), np.float64)[0]
+  total = 0.0
+  for j, token in enumerate(cont):
+    row = logits[len(prompt) - 1 + j]  # The position whose next token is cont[j].
+    logp = row - row.max() - np.log(np.sum(np.exp(row - row.max())))
+    total += logp[token]
+  return total
+
+
+def test_scores_equal_token_by_token_reference():
+  mcfg = config_lib.ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_len=32)
+  module = models.build(mcfg)
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+  apply = jax.jit(module.apply)  # One compile per row length: the rows below have three (4, 12, 32).
+  rng = np.random.default_rng(0)
+  # Prompts of 1..45 tokens (the last two longer than the 32 positions allow: cut on the left),
+  # continuations of 1..4; batch_size 3 leaves a padded last batch.
+  shapes = [(1, 4), (4, 1), (10, 3), (12, 1), (30, 3), (45, 3), (40, 1)]
+  prompts = [rng.integers(3, 50, p).tolist() for p, _ in shapes]
+  conts = [rng.integers(3, 50, c).tolist() for _, c in shapes]
+  got = fewshot.score_continuations(mcfg, params, prompts, conts, batch_size=3)
+  want = [reference_score(apply, params, p, c, 32) for p, c in zip(prompts, conts)]
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  assert got.shape == (len(shapes),) and np.all(got < 0)
+  # Cutting a long prompt is keeping its end: the score of the cut prompt given whole is the same.
+  cut = fewshot.score_continuations(mcfg, params, [prompts[5][-(33 - 3):]], [conts[5]], batch_size=3)
+  np.testing.assert_allclose(cut, got[5:6], atol=1e-5)
+  # max_len below the model's: a shorter context, by the same rule (30 + 3 tokens → the last 10 + 3).
+  short = fewshot.score_continuations(mcfg, params, prompts[4:5], conts[4:5], max_len=12, batch_size=3)
+  np.testing.assert_allclose(short, [reference_score(apply, params, prompts[4], conts[4], 12)], atol=1e-4)
+  assert not np.isclose(short[0], got[4])
+  with pytest.raises(ValueError, match="need a token each"):
+    fewshot.score_continuations(mcfg, params, [[]], [[5]])
+  with pytest.raises(ValueError, match="outside the model's vocabulary"):
+    fewshot.score_continuations(mcfg, params, [[5]], [[50]])
+
+
+def test_build_prompt_and_continuations():
+  demos = [{"code": "def f():\n  pass", "package": "os"}, {"code": "x = 1", "package": "email"}]
+  query = {"code": "import re", "package": "json"}
+  prompt = fewshot.build_prompt(demos, query, text_key="code", label_key="package")
+  assert prompt == ("def f():\n  pass\n# package: os\n\n"
+                    "x = 1\n# package: email\n\n"
+                    "import re\n# package:")
+  assert "json" not in prompt  # The query's own label never enters its prompt.
+  assert fewshot.continuation("json") == " json\n"
+  assert fewshot.build_prompt([], query, text_key="code", label_key="package") == "import re\n# package:"
+  template = "Text: {text}\nLabel:  {label}!\n---\n"
+  assert fewshot.build_prompt(demos[1:], query, text_key="code", label_key="package", template=template) == (
+      "Text: x = 1\nLabel:  email!\n---\nText: import re\nLabel:")
+  assert fewshot.continuation("pos", template) == "  pos!\n"
+  for bad in ("{text} only", "{label} before {text}", "{text} {label} {label}"):
+    with pytest.raises(ValueError, match="template"):
+      fewshot.continuation("x", bad)
+
+
+def test_sentencepiece_continuation_is_split_from_the_whole_text():
+  # SentencePiece puts a "▁" before every text it encodes: " os\n" alone would be ["▁", "▁os", "\n"];
+  # within the prompt + continuation it is ["▁os", "\n"].
+  tok = tokenizer_lib.load("code_sp4k.model")
+  prompt = "x = 1\n# package:"
+  p, c = fewshot._encode_pair(tok, prompt, " os\n")  # pylint: disable=protected-access
+  assert p == tok.encode([prompt])[0]
+  assert p + c == tok.encode([prompt + " os\n"])[0]
+  assert [tok.sp.id_to_piece(i) for i in c] == ["\u2581os", "\n"]
+  assert [tok.sp.id_to_piece(i) for i in tok.encode([" os\n"])[0]] == ["\u2581", "\u2581os", "\n"]
+
+
+def test_demonstrations_are_deterministic_exclude_the_query_and_follow_the_seed():
+  pool = [{"t": f"text {i}", "l": "a" if i % 3 else "b"} for i in range(30)]
+  query = {"t": "text 7", "l": "a"}
+  draw = lambda **kw: [r["t"] for r in fewshot.draw_demonstrations(pool, query, text_key="t", **kw)]
+  first = draw(k=4, seed=0, index=5)
+  assert first == draw(k=4, seed=0, index=5)  # Same seed and index: same demonstrations, same order.
+  assert len(first) == 4 and len(set(first)) == 4
+  assert draw(k=4, seed=1, index=5) != first  # The seed changes the draw, and so does the index.
+  assert draw(k=4, seed=0, index=6) != first
+  for seed in range(40):  # Never the query, even when the pool is nearly all copies of it.
+    assert "text 7" not in draw(k=4, seed=seed, index=0)
+  copies = [dict(query) for _ in range(20)] + pool[:2]
+  assert sorted(r["t"] for r in fewshot.draw_demonstrations(copies, query, 5, text_key="t", seed=0, index=0)) == [
+      "text 0", "text 1"]  # k asks for more than there is: all the others, no more.
+  assert draw(k=0, seed=0, index=0) == []
+  assert len(draw(k=29, seed=3, index=2)) == 29 and len(draw(k=40, seed=3, index=2)) == 29
+
+
+LABELS = ("alpha", "omega")
+
+
+def _pattern_records(n, rng):
+  """Code-like lines whose label is the function they call: `x3 = omega(42)` → omega."""
+  out = []
+  for i in range(n):
+    label = LABELS[rng.integers(2)]
+    out.append({"code": f"x{i % 10} = {label}({rng.integers(10, 100)})", "package": label})
+  return out
+
+
+@pytest.fixture(scope="module")
+def pattern_run(tmp_path_factory):
+  """A tiny rotary decoder trained 100 steps on `<code>\\n# package: <label>\\n\\n` lines, and the task."""
+  root = tmp_path_factory.mktemp("fewshot")
+  rng = np.random.default_rng(0)
+  train_records, val_records = _pattern_records(400, rng), _pattern_records(40, rng)
+  corpus = root / "corpus.txt"
+  corpus.write_text("".join(fewshot.DEFAULT_TEMPLATE.format(text=r["code"], label=r["package"])
+                            for r in train_records))
+  task = root / "task"
+  task.mkdir()
+  for split, records in (("train", train_records), ("validation", val_records)):
+    (task / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  workdir = str(root / "workdir")
+  # Rotary positions: "the label after the latest `= `" is a relative-position pattern, learnt in 100
+  # steps; with learned positions the same model copies a demonstration's label about half the time.
+  cfg = tiny_config(str(corpus), **{"train.steps": 100, "train.eval_every": 100, "train.checkpoint_every": 100,
+                                    "train.log_every": 100, "train.num_samples": 0, "data.seq_len": 64,
+                                    "optim.learning_rate": 1e-2, "model.positions": "rotary",
+                                    "train.async_checkpoints": False})
+  train.train(cfg, workdir)
+  return workdir, str(task / "*.jsonl")
+
+
+def test_trained_decoder_classifies_in_context(pattern_run):
+  workdir, task = pattern_run
+  result = fewshot.evaluate(workdir, task, text_key="code", label_key="package", ks=(1, 4),
+                            max_text_tokens=16)
+  assert result["labels"] == list(LABELS) and result["count"] == 40 and result["context"] == 64
+  assert result["majority"]["accuracy"] <= 0.6  # The prior is about even: chance is 0.5.
+  one, four = result["k"][1], result["k"][4]
+  assert one["demonstrations_mean"] == 1 and one["accuracy"] >= 0.8, fewshot.summary(result)
+  assert "roc_auc" in one and one["confusion"] and one["count"] == 40
+  # 4 demonstrations of 33 tokens do not fit 64 positions beside the query: fewer are used, and said.
+  assert four["demonstrations_requested"] == 4 and 1 <= four["demonstrations_mean"] < 4
+  assert four["accuracy"] >= 0.8
+  # The per-token option ranks the same here (both labels' continuations are 7 bytes) and
+  # max_examples samples the eval records.
+  small = fewshot.evaluate(workdir, task, text_key="code", label_key="package", ks=(1,), max_examples=10,
+                           max_text_tokens=16, normalize="per_token")
+  assert small["count"] == 10 and small["k"][1]["accuracy"] >= 0.7
+  assert "majority" in fewshot.summary(small)
+
+
+def test_unconditional_scores_divide_by_the_answer_context(pattern_run):
+  mcfg, params, tok, saved = fewshot.load_decoder(pattern_run[0])
+  assert saved["step"] == 100 and mcfg.family == "decoder"
+  records = [{"code": f"x{i} = {label}({10 + i})", "package": label} for i, label in enumerate(LABELS * 2)]
+  pred, probs, info = fewshot.classify(mcfg, params, tok, records, records, text_key="code", label_key="package",
+                                       labels=LABELS, k=1, normalize="unconditional", return_info=True)
+  context = tok.encode(["\n# package:"])[0]  # The template's query part with an empty text.
+  alone = fewshot.score_continuations(mcfg, params, [context, context], tok.encode([" alpha\n", " omega\n"]))
+  np.testing.assert_allclose(info["unconditional"], alone, atol=1e-5)
+  np.testing.assert_allclose(info["scores"], info["log_probs"] - alone[None, :], atol=1e-5)
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+  np.testing.assert_array_equal(info["tokens"], 7)
+  assert pred == [LABELS[i] for i in np.argmax(info["scores"], axis=1)]
+  assert info["demonstrations"] == [1, 1, 1, 1]  # Never the query itself: one of the other three.
+
+
+def test_errors_are_one_line_config_errors(pattern_run, tmp_path):
+  workdir, task = pattern_run
+  with pytest.raises(ConfigError, match=r"1 validation label\(s\) are not among the 1 labels, e.g. 'omega'"):
+    fewshot.evaluate(workdir, task, text_key="code", label_key="package", labels=["alpha"], ks=(0,))
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "train.jsonl").write_text('{"code": "x = 1", "package": "alpha"}\n')
+  (empty / "validation.jsonl").write_text("")
+  with pytest.raises(ConfigError, match="no records"):
+    fewshot.evaluate(workdir, str(empty / "*.jsonl"), text_key="code", label_key="package", ks=(0,))
+  encoder = tmp_path / "encoder"
+  encoder.mkdir()
+  cfg = config_lib.default_config()
+  cfg.model.family = "encoder"
+  (encoder / "config.json").write_text(cfg.to_json_best_effort())
+  with pytest.raises(ConfigError, match="model.family='encoder'.*needs a decoder") as e:
+    fewshot.evaluate(str(encoder), task, text_key="code", label_key="package")
+  assert "\n" not in str(e.value)
+  with pytest.raises(ConfigError, match="no config.json"):
+    fewshot.evaluate(str(tmp_path / "nowhere"), task, text_key="code", label_key="package")
