@@ -58,8 +58,10 @@ def test_bert_chain(task_dir, tmp_path, capsys):
   log = capsys.readouterr().out
   assert f"init_from {pre}" in log and "freshly initialised" in log  # The pooler and classifier are new.
   assert 0.0 <= out["eval_accuracy"] <= 1.0
-  scratch = str(tmp_path / "scratch")
-  train.train(stage("bert_packages", "scratch", task_dir), scratch)
+  # From scratch is the fine-tuning config without init_from (the trainer runs it like the above).
+  scratch = stage("bert_packages", "scratch", task_dir)
+  assert not scratch.train.init_from and scratch.to_dict() == {
+      **stage("bert_packages", "finetune", task_dir).to_dict(), "train": {**scratch.train.to_dict()}}
   ev = evaluate.evaluate(tuned)
   assert ev["metrics"]["accuracy"] == pytest.approx(out["eval_accuracy"])  # The trainer's last eval, again.
   assert {"f1", "precision", "recall", "roc_auc"} <= set(ev["metrics"]) and os.path.exists(

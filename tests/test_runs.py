@@ -76,17 +76,17 @@ def straight(text_file, tmp_path_factory):
   return losses_by_step(workdir)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_preemption_checkpoints_exits_0_and_resumes_exactly(text_file, straight, tmp_path, sig):
+def test_sigterm_checkpoints_exits_0_and_resumes_exactly(text_file, straight, tmp_path):
+  """A real `bigjax train` process sent SIGTERM mid-run: exit status 0, then the same command finishes."""
   workdir = tmp_path / "run"
   cfg = tiny_config(text_file, **LONG)
   proc = start_cli(cfg, workdir, tmp_path)
   read_until(proc, "train step 5/")
-  proc.send_signal(sig)
+  proc.send_signal(signal.SIGTERM)
   rest = proc.stdout.read()
   assert proc.wait(timeout=120) == 0, rest[-3000:]
   stopped = [l for l in rest.splitlines() if "stopped by" in l]
-  assert len(stopped) == 1 and signal.Signals(sig).name in stopped[0], rest[-3000:]
+  assert len(stopped) == 1 and "SIGTERM" in stopped[0], rest[-3000:]
   step = int(stopped[0].split("after step ")[1].split(";")[0])
   assert 5 <= step < LONG["train.steps"]  # Stopped early, at the step in flight.
   assert str(step) in os.listdir(workdir / "checkpoints")
@@ -94,6 +94,27 @@ def test_preemption_checkpoints_exits_0_and_resumes_exactly(text_file, straight,
   # The same command again continues at the next step; every step's loss equals the straight run's.
   out = train.train(cfg, str(workdir))
   assert not out["preempted"] and out["stopped_at"] == LONG["train.steps"]
+  assert losses_by_step(workdir) == straight
+
+
+def test_ctrl_c_stops_after_the_step_in_flight(text_file, straight, tmp_path, monkeypatch, capsys):
+  """SIGINT (in this process, raised while step 7 is logged): the step finishes, is saved, train returns."""
+  write = train.MetricsWriter.write
+
+  def write_then_interrupt(self, step, split, values):
+    write(self, step, split, values)
+    if split == "train" and step == 7:
+      os.kill(os.getpid(), signal.SIGINT)
+  monkeypatch.setattr(train.MetricsWriter, "write", write_then_interrupt)
+  workdir = str(tmp_path / "run")
+  cfg = tiny_config(text_file, **LONG)
+  out = train.train(cfg, workdir)
+  assert out["preempted"] and out["stopped_at"] in (7, 8)
+  assert "stopped by SIGINT" in capsys.readouterr().out
+  assert str(out["stopped_at"]) in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Restored after the run.
+  monkeypatch.undo()
+  train.train(cfg, workdir)
   assert losses_by_step(workdir) == straight
 
 
@@ -234,8 +255,8 @@ def test_accumulated_run_equals_the_plain_run(text_file, finished, tmp_path):
 def test_bfloat16_tracks_float32_on_the_quickstart(tmp_path):
   import runpy
   quick = runpy.run_path(os.path.join(REPO, "experiments", "quickstart.py"))["get_config"]()
-  quick.train.steps, quick.train.log_every, quick.train.eval_every = 16, 1, 16
-  quick.train.checkpoint_every, quick.train.num_samples, quick.data.eval_batches = 16, 0, 2
+  quick.train.steps, quick.train.log_every, quick.train.eval_every = 10, 1, 10
+  quick.train.checkpoint_every, quick.train.num_samples, quick.data.eval_batches = 10, 0, 1
   quick.data.batch_size = 8  # Half the quickstart's batch: bfloat16 matmuls are slow on a CPU.
   quick.mesh.num_devices = 1
   runs = {}
@@ -244,12 +265,12 @@ def test_bfloat16_tracks_float32_on_the_quickstart(tmp_path):
     out = train.train(quick, str(tmp_path / dtype))
     runs[dtype] = (np.array(list(losses_by_step(tmp_path / dtype).values())), out["eval_loss"])
   (l32, e32), (l16, e16) = runs["float32"], runs["bfloat16"]
-  assert l32[-1] < l32[0] - 0.5  # It learns.
-  # Measured: per-step differences up to 0.011 in 30 steps at batch 16, eval 0.006.
+  assert l32[-1] < l32[0] - 0.3  # It learns.
+  # Measured: per-step differences up to 0.011 in 30 steps at batch 16, eval 0.006; 0.002 in 10 at batch 8.
   assert np.max(np.abs(l16 - l32)) < 0.02 and abs(e16 - e32) < 0.02, (l16 - l32, e16, e32)
   # Parameters and optimizer state stay float32.
   ck = ckpt_lib.Checkpointer(str(tmp_path / "bfloat16"))
-  dtypes = {str(m.dtype) for m in jax.tree_util.tree_leaves(ck.param_metadata(16))}
+  dtypes = {str(m.dtype) for m in jax.tree_util.tree_leaves(ck.param_metadata(10))}
   ck.close()
   assert dtypes == {"float32"}
 
