@@ -543,7 +543,8 @@ def _params_from(init_from: str, mcfg, tokenizer: str | None = None) -> tuple[st
   if other_cfg.family != mcfg.family:
     raise ConfigError(f"train.init_from={init_from!r} holds a model.family={other_cfg.family!r} model, but this "
                       f"run trains model.family={mcfg.family!r}; start from a {mcfg.family} workdir")
-  if tokenizer is not None and saved.data.tokenizer != tokenizer:
+  # A converted Hugging Face model records no tokenizer of ours (its config has the default): not checked.
+  if tokenizer is not None and "converted_from" not in saved and saved.data.tokenizer != tokenizer:
     raise ConfigError(f"train.init_from={init_from!r} was trained with data.tokenizer={saved.data.tokenizer!r}, "
                       f"but this run uses data.tokenizer={tokenizer!r}: its token embeddings would mean other "
                       "pieces; use the same tokenizer")

@@ -6,7 +6,7 @@ Run (from the repo root), in this order:
 
   bigjax train --config experiments/gpt_code.py --workdir workdirs/gpt_code
   bigjax eval --workdir workdirs/gpt_code
-  bigjax eval --workdir workdirs/gpt_code --fewshot stdlib_packages --fewshot_k 0,1,4
+  bigjax eval --workdir workdirs/gpt_code --fewshot stdlib_packages --fewshot_k 0,1,4 --max_examples 200
   bigjax baselines --config experiments/bert_packages.py:finetune --workdir workdirs/bert_packages_baselines
 
 Data (embedded, no download; `bigjax/data/tasks.py`): the `code` of the 7,429 train-split documented

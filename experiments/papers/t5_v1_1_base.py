@@ -24,7 +24,7 @@ The hyper-parameters and this config:
 | objective | span corruption: 15% noise, mean span 3, 512 inputs / 114 targets | the same |
 | batch, steps | paper baseline: 128 x 512, 2^19 = 524,288 steps; released checkpoint: step 1,000,000 | 128, 524,288; `:released` 2048, 1,000,000 |
 | optimizer | Adafactor, no momentum, update clipping 1.0, step scaled by each param's RMS | **AdamW** (see below) |
-| schedule | lr = 1 / sqrt(max(step, 10^4)) | linear warmup 10^4 steps, then cosine down to the rsqrt schedule's final ratio |
+| schedule | lr = 1 / sqrt(max(step, 10^4)) | the same shape (`optim.schedule="rsqrt"`): the peak for 10^4 steps, then peak x sqrt(10^4 / step) |
 | dropout | 0.0 in pre-training (re-enable for fine-tuning) | 0.0 |
 
 What bigjax does differently, and why (as in t5_base.py):
@@ -35,8 +35,8 @@ What bigjax does differently, and why (as in t5_base.py):
   of Adafactor's per-update RMS clipping. The untied output layer and the embedding are updated in
   absolute steps of ~lr, not relative to their size as under Adafactor; two float32 moments (2 x 1 GB)
   instead of factored ones.
-* Schedule: cosine, not inverse square root; it ends at the same fraction of the peak
-  (sqrt(10^4 / steps)) but stays near the peak far longer.
+* Schedule: T5's inverse square root (`optim.schedule="rsqrt"`, `optim.warmup_steps` = 10^4 steps at the
+  peak), scaled to AdamW's peak rate; `optim.end_lr_ratio` only records where it ends.
 * The batch size of the t5.1.1 release is not documented next to the checkpoints; `:released` assumes the
   T5 paper's final-model batch (2^11 sequences, Sec. 3.7).
 * Activations in bfloat16, params and optimizer state in float32.
@@ -109,5 +109,6 @@ def get_config(arg=None):
     # ~170 GiB to under 20 GiB a chip (bigjax plan).
     c.model.scan_layers = True
     c.model.remat_policy = "full"
-  c.optim.end_lr_ratio = (RSQRT_WARMUP / c.train.steps) ** 0.5  # Where T5's rsqrt schedule ends.
+  c.optim.schedule = "rsqrt"
+  c.optim.end_lr_ratio = (RSQRT_WARMUP / c.train.steps) ** 0.5  # Where T5's rsqrt schedule ends (not used by it).
   return c
