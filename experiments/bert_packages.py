@@ -19,6 +19,12 @@ pre-training never saw a validation function). The input is [CLS] + the first 12
 Stages: `pretrain` (masked LM, 15% of tokens, 80/10/10), `finetune` (classification from the pre-trained
 encoder: `train.init_from`, a fresh pooler + classifier and a fresh optimizer), `scratch` (the same
 fine-tuning from random weights: what pre-training is worth).
+
+Measured on a 2-core CPU (28 min 40 s in all, the test suite running beside it): masked LM eval loss
+5.202 at step 1,000 (0.917 x unigram); fine-tuned from it, accuracy 0.524, macro-F1 0.311, ROC-AUC 0.899
+on the 431 validation functions; from scratch 0.357 / 0.121 / 0.779; majority class 0.151 / 0.013 / 0.500;
+TF-IDF + logistic regression 0.868 / 0.853 / 0.992. Pre-training helps this encoder (+16.7 points) but
+TF-IDF, which sees every identifier, stays far ahead at this size.
 """
 
 from bigjax import config as config_lib

@@ -12,6 +12,12 @@ Run (from the repo root), in this order:
 Data (embedded, no download; `bigjax/data/tasks.py`): the `code` of the 7,429 train-split documented
 stdlib functions (`stdlib_functions`); eval on the 820 validation functions, never seen in training. The
 few-shot task is `stdlib_packages` (20 packages); its demonstrations come from its train split.
+
+Measured on a 2-core CPU (14 min 33 s in all, the test suite running beside it): eval perplexity 25.28
+(1.53 bits per byte, 0.570 x the unigram loss) on the 820 held-out functions; in-context package
+accuracy 0.025 / 0.035 / 0.045 with k = 0 / 1 / 4 on 200 sampled validation functions (majority class
+0.150, chance 0.05, TF-IDF + logistic regression 0.868 on all 431): a model this small does not learn
+in context.
 """
 
 from bigjax import config as config_lib

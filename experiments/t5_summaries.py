@@ -18,6 +18,13 @@ examples a row in training. Eval decodes greedily (`bigjax eval`), BLEU and ROUG
 
 Stages: `pretrain` (span corruption: noise density 0.15, mean span 3), `finetune` (text-to-text from the
 pre-trained model, `train.init_from`, fresh optimizer), `scratch` (the same from random weights).
+
+Measured on a 2-core CPU (26 min 41 s in all, the test suite running beside it): span corruption eval
+loss 4.004 at step 1,000 (0.756 x unigram); fine-tuned from it, on the first 400 validation functions,
+BLEU 0.32, ROUGE-1 18.28, ROUGE-2 1.36, ROUGE-L 17.13, eval loss 4.41; from scratch BLEU 0.34, ROUGE-1
+14.07, ROUGE-2 1.91, ROUGE-L 13.79, loss 4.29; copying the function name BLEU 0.27, ROUGE-1 18.27,
+ROUGE-2 2.08, ROUGE-L 17.55. Both models write near-constant summaries at this size; pre-training did
+not help here.
 """
 
 from bigjax import config as config_lib
