@@ -167,22 +167,6 @@ def restore_params(ckpt: ckpt_lib.Checkpointer, step: int, mcfg, module, example
   return jax.device_put(host, shardings), shardings
 
 
-def eval_constants(config, data: pipeline.Data, mcfg, batches) -> dict[str, float]:
-  """The trainer's eval constants for `batches` (target count, UTF-8 bytes, unigram floor in nats):
-  the same unigram fit (train split; special targets sampled from 16 train batches) and byte lengths."""
-  tok = data.tokenizer
-  special = None
-  if data.objective.extra_ids and data.eval_windows is not None:  # Sentinels or [MASK] among the targets.
-    whole = pipeline.TrainStream(data.train.windows, data.objective, global_batch=config.data.batch_size,
-                                 seed=config.train.seed)
-    sample = [whole.batch(s) for s in range(16)]
-    special = np.concatenate([b["targets"][b["weights"] > 0] for b in sample])
-  target_vocab = len(data.labels) if data.labels else mcfg.vocab_size
-  unigram = pipeline.unigram_log_probs(data.train_tokens, target_vocab, special, tok.vocab_size)
-  byte_lengths = np.zeros(target_vocab, np.int64)
-  if not data.labels:
-    byte_lengths[:tok.vocab_size] = tok.byte_lengths()
-  return pipeline.eval_reference(batches, unigram, byte_lengths)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -286,7 +270,7 @@ def evaluate(workdir: str, *, split: str | None = None, max_examples: int = 0, b
         logits.append(np.asarray(logits_fn(params, g)))
   if cnt <= 0:
     raise ConfigError(f"--split={split!r}: the eval examples hold no targets to score")
-  ref = eval_constants(config, data, mcfg, batches)
+  ref = pipeline.eval_constants(config, data, mcfg, batches)
   values: dict[str, Any] = {"loss": tot / cnt, "unigram_loss": ref["unigram_nats"] / max(ref["tokens"], 1.0),
                             "accuracy": hits / cnt}
   if not data.labels:

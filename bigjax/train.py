@@ -340,21 +340,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: ckpt_lib
     log(f"bigjax: compiled train and eval steps in {time.time() - t0:.1f}s")
 
   # Eval constants: unigram floor and bytes per eval set (on the global eval batches).
-  # Special ids of the objective (sentinels, [MASK]) stand for no bytes of text.
-  # Classification's targets are label indices: its floor is the label prior, and it has no bytes.
-  special = None
-  if data.objective.extra_ids and data.eval_windows is not None:  # Sentinels or [MASK] among the targets.
-    # Whole global batches, not this process's rows: every process count must get the same floor.
-    whole = pipeline.TrainStream(data.train.windows, data.objective, global_batch=config.data.batch_size,
-                                 seed=config.train.seed)
-    sample = [whole.batch(s) for s in range(16)]
-    special = np.concatenate([b["targets"][b["weights"] > 0] for b in sample])
-  target_vocab = len(data.labels) if data.labels else mcfg.vocab_size
-  unigram = pipeline.unigram_log_probs(data.train_tokens, target_vocab, special, tok.vocab_size)
-  byte_lengths = np.zeros(target_vocab, np.int64)
-  if not data.labels:
-    byte_lengths[:tok.vocab_size] = tok.byte_lengths()
-  ref = pipeline.eval_reference(data.eval_global, unigram, byte_lengths)
+  ref = pipeline.eval_constants(config, data, mcfg, data.eval_global)
 
   writer = MetricsWriter(workdir, start)
   sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)

@@ -503,3 +503,24 @@ def eval_reference(batches, unigram_logp: np.ndarray, byte_lengths: np.ndarray) 
     n_bytes += float(byte_lengths[t].sum())
     uni -= float(unigram_logp[t].sum())
   return {"tokens": n_tok, "bytes": n_bytes, "unigram_nats": uni}
+
+
+def eval_constants(config, data: "Data", mcfg, batches) -> dict[str, float]:
+  """The eval constants of `batches` (target count, UTF-8 bytes, unigram floor in nats), as the trainer
+  logs them and `bigjax eval` reports them. Special ids of the objective (sentinels, [MASK]) stand for
+  no bytes of text; their unigram frequency is sampled from 16 whole global train batches (not this
+  process's rows: every process count gets the same floor). Classification's targets are label indices:
+  its floor is the label prior, and it has no bytes."""
+  tok = data.tokenizer
+  special = None
+  if data.objective.extra_ids and data.eval_windows is not None:  # Sentinels or [MASK] among the targets.
+    whole = TrainStream(data.train.windows, data.objective, global_batch=config.data.batch_size,
+                        seed=config.train.seed)
+    sample = [whole.batch(s) for s in range(16)]
+    special = np.concatenate([b["targets"][b["weights"] > 0] for b in sample])
+  target_vocab = len(data.labels) if data.labels else mcfg.vocab_size
+  unigram = unigram_log_probs(data.train_tokens, target_vocab, special, tok.vocab_size)
+  byte_lengths = np.zeros(target_vocab, np.int64)
+  if not data.labels:
+    byte_lengths[:tok.vocab_size] = tok.byte_lengths()
+  return eval_reference(batches, unigram, byte_lengths)
