@@ -340,6 +340,19 @@ def for_model(cfg, params, prompts: list[list[int]], *, max_new_tokens: int, eos
   return result
 
 
+def make_sampler(mcfg, sample_len: int, temperature: float, top_k: int, eos_id: int, pad_id: int):
+  """A jitted `(params, prompts [n, P], rng) -> [n, P + sample_len]` continuing each prompt (KV cache)."""
+  from bigjax import models  # pylint: disable=g-import-not-at-top
+
+  def run(params, prompts, rng):
+    rows, length = prompts.shape
+    cache = models.init_cache(mcfg, rows, length + sample_len)
+    return generate(models.step_fn(mcfg, params), cache, prompts, jnp.full((rows,), length), rng,
+                    max_new_tokens=sample_len, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
+                    top_k=top_k, prefill_len=length)
+  return jax.jit(run)
+
+
 @functools.lru_cache(maxsize=4)
 def _encoder(cfg):
   from bigjax import models  # pylint: disable=g-import-not-at-top

@@ -273,7 +273,7 @@ def _eval(args: list[str]) -> None:
   if _FEWSHOT.value:
     _fewshot()
     return
-  from bigjax import evaluate  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
+  from bigjax.eval import evaluate  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
   # --split and --max_new_tokens have other commands' defaults: here, unset means the run's own.
   evaluate.main(workdir=_WORKDIR.value, split=_SPLIT.value if FLAGS["split"].present else None,
                 max_examples=_MAX_EXAMPLES.value, batch_size=_EVAL_BATCH.value, num_beams=_NUM_BEAMS.value,
@@ -290,7 +290,7 @@ def _fewshot() -> None:
     fail("--fewshot_k takes numbers >= 0 and --fewshot_keys two field names, TEXT,LABEL")
   import json  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
-  from bigjax import fewshot  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
+  from bigjax.eval import fewshot  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
   text_key, label_key = _FEWSHOT_KEYS.value
   out = fewshot.evaluate(_WORKDIR.value, _FEWSHOT.value, text_key=text_key, label_key=label_key, ks=ks,
                          split=_SPLIT.value if FLAGS["split"].present else "validation",
@@ -309,7 +309,7 @@ def _baselines(args: list[str]) -> None:
   config = _load_config()
   if not _WORKDIR.value:
     fail("--workdir is required: where eval_results.json of the baselines goes")
-  from bigjax import baselines  # pylint: disable=g-import-not-at-top  (heavy: TF, scikit-learn)
+  from bigjax.eval import baselines  # pylint: disable=g-import-not-at-top  (heavy: TF, scikit-learn)
   out = baselines.run(config, _WORKDIR.value, max_examples=_MAX_EXAMPLES.value)
   for name, m in out["baselines"].items():
     shown = {k: m[k] for k in ("accuracy", "f1", "roc_auc", "bleu", "rouge1", "rouge2", "rougeL") if k in m}

@@ -1,7 +1,7 @@
 """The device mesh, the logical-axis rules, and the shardings of state and batch.
 
 This is the only module that knows about meshes. Models name their axes logically (see
-`bigjax.layers`); `RULES` maps those names onto the mesh axes `data`, `fsdp` and `tensor`:
+`bigjax.models.layers`); `RULES` maps those names onto the mesh axes `data`, `fsdp` and `tensor`:
 
 * `data`   — pure data parallelism: the batch is split, params are replicated.
 * `fsdp`   — the batch is split *and* params / optimizer state are sharded along `embed`.

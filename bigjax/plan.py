@@ -30,7 +30,7 @@ scores (S) and b x t x d_ff hidden units (M), remat none, as autodiff saves them
   remat full: only each block's input, a X; dots: every matmul's output (q, k, v, the scores, the
     context, the output projection, wi, wo); dots_no_batch: the same without the scores and the context.
 
-The counts are those of the layers in `bigjax.layers`, in two regimes. With `model.scan_layers` the
+The counts are those of the layers in `bigjax.models.layers`, in two regimes. With `model.scan_layers` the
 saved activations are what autodiff saves (the scan stacks each residual as it is); unrolled, XLA sees the
 whole step and fuses elementwise chains (norm and activation intermediates) into their consumers, keeping
 the matmul inputs and the softmax. tests/test_plan.py checks the totals against XLA's CPU
@@ -53,33 +53,14 @@ from jax.sharding import AbstractMesh
 import numpy as np
 
 from bigjax import config as config_lib
+from bigjax import devices
 from bigjax import models
 from bigjax import optim
 from bigjax import partitioning
 from bigjax.config import ConfigError
 
-KiB, MiB, GiB = 2**10, 2**20, 2**30
+from bigjax.devices import GiB, KiB, MiB  # noqa: F401  (plan.GiB, as before)
 F32 = 4
-
-# Memory per device of the accelerators plans are made for, and how their slice names count devices:
-# TPU v4 and v5p slices are named by TensorCores (two per chip: v4-32 is 16 chips), v5e (v5litepod) and
-# v6e slices by chips. GPUs are named N x card (8xA100-80GB, 8xH100).
-TPUS = {  # name: (HBM per chip, TensorCores per chip, what)
-    "v4": (32 * GiB, 2, "TPU v4"),
-    "v5p": (95 * GiB, 2, "TPU v5p"),
-    "v5e": (16 * GiB, 1, "TPU v5e"),
-    "v5litepod": (16 * GiB, 1, "TPU v5e"),
-    "v6e": (32 * GiB, 1, "TPU v6e"),
-}
-GPUS = {  # name (lower case): (memory per GPU, what)
-    "a100": (40 * GiB, "A100 40GB"),
-    "a100-40gb": (40 * GiB, "A100 40GB"),
-    "a100-80gb": (80 * GiB, "A100 80GB"),
-    "h100": (80 * GiB, "H100 80GB"),
-    "h100-80gb": (80 * GiB, "H100 80GB"),
-}
-TOPOLOGY_HELP = ("v4-N or v5p-N (N TensorCores, 2 per chip: v4-32 = 16 chips), v5e-N, v5litepod-N or v6e-N "
-                 "(N chips), NxA100, NxA100-80GB or NxH100 (N GPUs)")
 
 # Elementwise intermediates autodiff keeps per MLP hidden unit, the pre-activation included: tanh-GELU
 # keeps x, x^2, tanh(.) and three products; erf-GELU and SiLU four; ReLU its output and a 1-byte mask.
@@ -100,23 +81,11 @@ def parse_bytes(text: str, setting: str = "--device_memory") -> int:
 
 
 def parse_topology(name: str) -> tuple[int, int, str]:
-  """(devices, bytes per device, description) of a slice or GPU host name such as v5p-128 or 8xH100."""
-  text = name.strip().lower()
-  tpu = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", text)
-  if tpu:
-    memory, cores, what = TPUS[tpu.group(1)]
-    n = int(tpu.group(2))
-    if n <= 0 or n % cores:
-      raise ConfigError(f"--topology={name}: {tpu.group(1)} slices count TensorCores, {cores} per chip; "
-                        f"use a multiple of {cores}")
-    chips = n // cores
-    counted = f" ({n} TensorCores)" if cores > 1 else ""
-    return chips, memory, f"{name}: {chips} {what} chips{counted}, {fmt_bytes(memory)} HBM each"
-  gpu = re.fullmatch(r"(\d+)\s*x\s*([a-z0-9-]+)", text)
-  if gpu and gpu.group(2) in GPUS and int(gpu.group(1)) > 0:
-    memory, what = GPUS[gpu.group(2)]
-    return int(gpu.group(1)), memory, f"{name}: {gpu.group(1)} x {what}, {fmt_bytes(memory)} each"
-  raise ConfigError(f"--topology={name!r} is not a known topology; known: {TOPOLOGY_HELP}")
+  """(devices, bytes per device, description) of a slice or GPU host name such as v5p-128 or 8xH100
+  (`bigjax.devices.topology`)."""
+  n, acc, what = devices.topology(name)
+  each = "HBM each" if acc.name.startswith("TPU") else "each"
+  return n, acc.memory, f"{what}, {fmt_bytes(acc.memory)} {each}"
 
 
 def parse_mesh(text: str) -> tuple[int, int, int]:

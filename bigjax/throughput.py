@@ -18,7 +18,6 @@ for a GPT-2 small step on an H200.)
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from typing import Any, Sequence
 
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigjax import devices
 from bigjax.config import ConfigError, ModelConfig
 
 # ------------------------------------------------------------------------------------ model FLOPs
@@ -98,41 +98,6 @@ def flops_per_token(mcfg: ModelConfig, seq_len: int, target_len: int | None = No
 
 # ---------------------------------------------------------------------------------- device peaks
 
-# Dense (no structured sparsity) peak matmul TFLOP/s of ONE JAX DEVICE, i.e. one entry of
-# jax.devices(): a TensorCore on TPU v2/v3 (two per chip, each its own device), a whole chip on TPU v4
-# and v5p (megacore: the chip's two TensorCores act as one device) and on v5e/v6e (one TensorCore per
-# chip), one GPU on NVIDIA. Keyed by the compute dtype: "float32" is the rate at JAX's default matmul
-# precision, which rounds f32 inputs to one bf16 pass on TPU (so it equals bf16) and to TF32 on
-# Ampere and newer NVIDIA GPUs (docs.jax.dev "Matmul precision": "bfloat16 on TPU, TF32 on recent
-# GPUs"). A dtype missing from an entry is measured instead.
-# Rows are (name, regex searched case-insensitively in device.device_kind, {dtype: TFLOP/s}); the
-# first match wins, so more specific rows come first.
-PEAK_TFLOPS: tuple[tuple[str, str, dict[str, float]], ...] = (
-    # Google Cloud TPU system architecture pages, "peak compute per chip (bf16)".
-    ("TPU v6e", r"tpu v6 ?(lite|e)\b", {"bfloat16": 918.0, "float32": 918.0}),  # 918 per chip, 1 TC.
-    ("TPU v5e", r"tpu v5 ?(lite|e)\b", {"bfloat16": 197.0, "float32": 197.0}),  # 197 per chip, 1 TC.
-    ("TPU v5p", r"tpu v5p?\b", {"bfloat16": 459.0, "float32": 459.0}),  # 459 per chip, megacore.
-    ("TPU v4", r"tpu v4\b(?! ?lite)", {"bfloat16": 275.0, "float32": 275.0}),  # 275 per chip, megacore.
-    ("TPU v3", r"tpu v3\b", {"bfloat16": 61.5, "float32": 61.5}),  # 123 per chip, 2 TCs = 2 devices.
-    ("TPU v2", r"tpu v2\b", {"bfloat16": 22.5, "float32": 22.5}),  # 45 per chip, 2 TCs = 2 devices.
-    # NVIDIA datasheets, dense tensor-core figures (the datasheets' headline ones are with sparsity,
-    # 2× these). float32 = TF32 tensor cores.
-    ("H100 PCIe", r"h100.*pcie", {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0}),
-    ("H100 NVL", r"h100.*nvl", {"bfloat16": 835.0, "float16": 835.0, "float32": 417.5}),
-    ("H200 NVL", r"h200.*nvl", {"bfloat16": 835.0, "float16": 835.0, "float32": 417.5}),
-    # H100 SXM, H200 SXM and GH200 share the Hopper SXM figures: 989.4 bf16/fp16, 494.7 TF32. (Seen on
-    # an H200, kind "NVIDIA H200", jax 0.11: an f32 jnp.dot ran at 367 TFLOP/s, i.e. TF32; 50 with
-    # precision="highest".)
-    ("H100/H200 SXM", r"h100|h200", {"bfloat16": 989.4, "float16": 989.4, "float32": 494.7}),
-    # A100 SXM4 and PCIe (40 and 80 GB): 312 bf16/fp16, 156 TF32.
-    ("A100", r"a100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0}),
-    ("A10", r"\ba10\b", {"bfloat16": 125.0, "float16": 125.0, "float32": 62.5}),  # Not the A10G (AWS).
-    ("L4", r"\bl4\b", {"bfloat16": 121.0, "float16": 121.0, "float32": 60.0}),
-    # Volta has fp16 tensor cores only (no bf16, no TF32): bf16 is measured.
-    ("V100 PCIe", r"v100.*pcie", {"float16": 112.0, "float32": 14.0}),
-    ("V100 SXM2", r"v100", {"float16": 125.0, "float32": 15.7}),
-)
-
 _MEASURED: dict[tuple[str, str, str], float] = {}  # (platform, device_kind, dtype) → FLOP/s.
 
 
@@ -144,14 +109,8 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def table_peak(device_kind: str, dtype: Any = "float32") -> tuple[float, str] | None:
-  """(FLOP/s, description) from `PEAK_TFLOPS` for a `device.device_kind` string, or None if absent."""
-  dtype = _dtype_name(dtype)
-  for name, pattern, peaks in PEAK_TFLOPS:
-    if re.search(pattern, device_kind, re.IGNORECASE):
-      if dtype in peaks:
-        return peaks[dtype] * 1e12, f"{name} {dtype} table"
-      return None
-  return None
+  """(FLOP/s, description) from the table in `bigjax.devices` for a `device.device_kind`, or None."""
+  return devices.table_peak(device_kind, _dtype_name(dtype))
 
 
 def measure_matmul_peak(dtype: Any = "float32", device: Any = None, *, size: int = 0,
@@ -181,7 +140,7 @@ def measure_matmul_peak(dtype: Any = "float32", device: Any = None, *, size: int
 def peak_flops_per_device(device: Any = None, dtype: Any = "float32") -> tuple[float, str]:
   """(peak FLOP/s of one device for `dtype` matmuls, where the figure came from).
 
-  Known TPUs and NVIDIA GPUs read `PEAK_TFLOPS`; anything else (CPUs, unknown kinds) is measured once
+  Known TPUs and NVIDIA GPUs read the table in `bigjax.devices`; anything else (CPUs, unknown kinds) is measured once
   per process with `measure_matmul_peak` and cached per (platform, device kind, dtype). A measured peak
   is what XLA attains, below the vendor's figure (on an H200: 684 of 989 TFLOP/s bf16), so MFU against
   it reads higher than MFU against a table figure would.

@@ -344,7 +344,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: ckpt_lib
 
   writer = MetricsWriter(workdir, start)
   sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
-  sampler = make_sampler(mcfg, sample_len, config.train.sample_temperature, config.train.sample_top_k,
+  sampler = decode.make_sampler(mcfg, sample_len, config.train.sample_temperature, config.train.sample_top_k,
                          tok.eos_id, tok.pad_id)
   target_len = example_batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in example_batch else None
   meter = throughput.Throughput.create(mcfg, config.data.batch_size, seq_len, target_len,
@@ -486,17 +486,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: ckpt_lib
   out = {**{f"train_{k}": v for k, v in last_train.items()}, **{f"eval_{k}": v for k, v in last_eval.items()}}
   out.update(stopped_at=step, preempted=preemption.signal_name is not None and step < steps)
   return out
-
-
-def make_sampler(mcfg, sample_len: int, temperature: float, top_k: int, eos_id: int, pad_id: int):
-  """A jitted `(params, prompts [n, P], rng) -> [n, P + sample_len]` continuing each prompt (KV cache)."""
-  def run(params, prompts, rng):
-    rows, length = prompts.shape
-    cache = models.init_cache(mcfg, rows, length + sample_len)
-    return decode.generate(models.step_fn(mcfg, params), cache, prompts, jnp.full((rows,), length), rng,
-                           max_new_tokens=sample_len, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
-                           top_k=top_k, prefill_len=length)
-  return jax.jit(run)
 
 
 def init_params(module, batch, rng):

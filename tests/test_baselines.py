@@ -1,9 +1,9 @@
-"""bigjax.baselines: majority, TF-IDF + logistic regression, copy-the-function-name."""
+"""bigjax.eval.baselines: majority, TF-IDF + logistic regression, copy-the-function-name."""
 
 import numpy as np
 import pytest
 
-from bigjax import baselines
+from bigjax.eval import baselines
 
 
 def test_majority_most_frequent_and_prior():

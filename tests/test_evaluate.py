@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from bigjax import evaluate
+from bigjax.eval import evaluate
 from bigjax import train
 from bigjax.config import ConfigError
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from bigjax import baselines
-from bigjax import evaluate
-from bigjax import fewshot
+from bigjax.eval import baselines
+from bigjax.eval import evaluate
+from bigjax.eval import fewshot
 from bigjax import train
 from bigjax.config import ConfigError
 from bigjax.data import tasks

@@ -1,4 +1,4 @@
-"""bigjax.fewshot: continuation scores against a token-by-token reference, prompts, demonstration draws,
+"""bigjax.eval.fewshot: continuation scores against a token-by-token reference, prompts, demonstration draws,
 a tiny decoder trained on a labelled pattern and classified in context, and the one-line errors."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from bigjax import config as config_lib
-from bigjax import fewshot
+from bigjax.eval import fewshot
 from bigjax import models
 from bigjax import train
 from bigjax.config import ConfigError

@@ -1,4 +1,4 @@
-"""bigjax.metrics against hand-worked values and independent references."""
+"""bigjax.eval.metrics against hand-worked values and independent references."""
 
 import itertools
 import json
@@ -9,7 +9,7 @@ import pytest
 from etils import epath
 from sklearn import metrics as skm
 
-from bigjax import metrics
+from bigjax.eval import metrics
 
 
 def pairwise_auc(scores, positive):

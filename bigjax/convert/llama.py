@@ -1,7 +1,7 @@
 """Llama (`LlamaForCausalLM`, `LlamaModel`) ⇄ bigjax decoder (rotary positions, RMSNorm, SwiGLU, no biases).
 
 Hugging Face's Llama is the reference for the decoder's research options, so this converter is also their
-exactness test. Its q_proj/k_proj rows are stored in the rotate-half layout that `bigjax.layers.rotary`
+exactness test. Its q_proj/k_proj rows are stored in the rotate-half layout that `bigjax.models.layers.rotary`
 uses, so they load as they are (no permutation). Not supported, and refused by name: grouped-query
 attention (num_key_value_heads < num_attention_heads), RoPE scaling (rope_type other than "default"),
 and biases in attention but not in the MLP or the reverse (bigjax's `use_bias` covers both).

@@ -6,22 +6,20 @@ One calling convention for every family:
   encoder_decoder:   `module.apply({"params": p}, input_ids, decoder_input_ids, attention_mask=m,
                      decoder_attention_mask=dm)` → the decoder's logits `[b, l_dec, vocab]`.
 
-Also here: converting params between the scanned (`cfg.scan_layers`) and unscanned layouts, and the
-KV-cache step functions that `bigjax.decode` drives.
+Also here: the KV-cache step functions that `bigjax.decode` drives. Converting params between the scanned
+(`cfg.scan_layers`) and unscanned layouts is `bigjax.models.layout` (re-exported here).
 """
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bigjax.config import ConfigError, ModelConfig
 from bigjax.models.decoder import Decoder
 from bigjax.models.encoder import Encoder
 from bigjax.models.encoder_decoder import EncoderDecoder
+from bigjax.models.layout import scan_params, to_layout, unscan_params  # noqa: F401  (re-exported)
 
 _FAMILIES = {"encoder": Encoder, "decoder": Decoder, "encoder_decoder": EncoderDecoder}
 
@@ -35,54 +33,6 @@ def build(cfg: ModelConfig, *, decode: bool = False):
       raise ConfigError("model.family='encoder' does not generate text; decoding needs decoder or encoder_decoder")
     return _FAMILIES[cfg.family](cfg, decode=True)
   return _FAMILIES[cfg.family](cfg)
-
-
-# ------------------------------------------------------------------------- scanned ⇄ unscanned layouts
-
-_BLOCK = re.compile(r"block_(\d+)$")
-
-
-def scan_params(params: dict) -> dict:
-  """Unscanned params (`block_0`, `block_1`, ... under each stack) → scanned (`blocks`, leading layer axis)."""
-  if not isinstance(params, dict):
-    return params
-  blocks = {k: v for k, v in params.items() if _BLOCK.match(k)}
-  out = {k: scan_params(v) for k, v in params.items() if k not in blocks}
-  if blocks:
-    order = sorted(blocks, key=lambda k: int(_BLOCK.match(k).group(1)))
-    if [int(_BLOCK.match(k).group(1)) for k in order] != list(range(len(order))):
-      raise ConfigError(f"scan_params: blocks {order} are not numbered 0..{len(order) - 1}")
-    out["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs) if isinstance(xs[0], jax.Array)
-                                           else np.stack(xs), *[blocks[k] for k in order])
-  return out
-
-
-def unscan_params(params: dict) -> dict:
-  """Scanned params (`blocks` with a leading layer axis) → unscanned (`block_0`, `block_1`, ...)."""
-  if not isinstance(params, dict):
-    return params
-  out = {k: unscan_params(v) for k, v in params.items() if k != "blocks"}
-  if "blocks" in params:
-    n = jax.tree_util.tree_leaves(params["blocks"])[0].shape[0]
-    for i in range(n):
-      out[f"block_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], params["blocks"])
-  return out
-
-
-def to_layout(cfg: ModelConfig, params: dict) -> dict:
-  """`params` in the layout `cfg.scan_layers` asks for, whichever layout they come in."""
-  scanned = _is_scanned(params)
-  if cfg.scan_layers and not scanned:
-    return scan_params(params)
-  if not cfg.scan_layers and scanned:
-    return unscan_params(params)
-  return params
-
-
-def _is_scanned(params) -> bool:
-  if not isinstance(params, dict):
-    return False
-  return "blocks" in params or any(_is_scanned(v) for v in params.values())
 
 
 # ----------------------------------------------------------------------------------- decoding

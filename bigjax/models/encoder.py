@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bigjax import layers
+from bigjax.models import layers
 from bigjax.config import ModelConfig
 
 

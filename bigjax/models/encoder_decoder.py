@@ -11,7 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bigjax import layers
+from bigjax.models import layers
 from bigjax.config import ModelConfig
 from bigjax.models.decoder import decode_position
 

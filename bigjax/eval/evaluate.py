@@ -40,11 +40,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from bigjax import baselines
+from bigjax.eval import baselines
 from bigjax import checkpoint as ckpt_lib
 from bigjax import config as config_lib
 from bigjax import decode
-from bigjax import metrics
+from bigjax.eval import metrics
 from bigjax import models
 from bigjax import partitioning
 from bigjax import train

@@ -7,7 +7,7 @@ Summarisation (code → one-line summary):
   copy_function_name   the name of the function defined in the code, as a sentence
 
 `evaluate_classification_baselines` and `evaluate_summary_baseline` score them on JSONL-style
-records with `bigjax.metrics`.
+records with `bigjax.eval.metrics`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from bigjax import metrics
+from bigjax.eval import metrics
 
 # Identifiers (and numbers) as whole tokens: `read_header_line`, `self`, `__init__`, `0x1f`.
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+"
@@ -143,7 +143,7 @@ def evaluate_classification_baselines(train: Sequence[dict], eval_records: Seque
   """{"majority": metrics, "tfidf_logreg": metrics} on `eval_records`, both trained on `train`.
 
   `labels` (default: the sorted labels of train and eval together) fixes the confusion matrix
-  and probability column order; the metrics are `bigjax.metrics.classification`'s.
+  and probability column order; the metrics are `bigjax.eval.metrics.classification`'s.
   """
   train_texts = [r[text_key] for r in train]
   train_labels = [r[label_key] for r in train]
@@ -160,7 +160,7 @@ def evaluate_classification_baselines(train: Sequence[dict], eval_records: Seque
 
 def evaluate_summary_baseline(records: Sequence[dict], code_key: str = "code",
                               summary_key: str = "summary") -> dict[str, Any]:
-  """`bigjax.metrics.text` of `copy_function_name` on each record's code against its summary."""
+  """`bigjax.eval.metrics.text` of `copy_function_name` on each record's code against its summary."""
   return metrics.text([copy_function_name(r[code_key]) for r in records],
                       [r[summary_key] for r in records])
 

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigjax import metrics
+from bigjax.eval import metrics
 from bigjax.config import ConfigError, ModelConfig
 
 # A demonstration: the text, then a comment line naming its label, then a blank line. The query is
@@ -355,7 +355,7 @@ def evaluate(workdir: str, task_source: str, *, text_key: str, label_key: str,
   Raises ConfigError (one line) for a workdir that is not a decoder, an empty task, or eval labels
   outside `labels`.
   """
-  from bigjax import baselines  # pylint: disable=g-import-not-at-top
+  from bigjax.eval import baselines  # pylint: disable=g-import-not-at-top
   if normalize not in NORMALIZATIONS:
     raise ConfigError(f"normalize={normalize!r}: allowed values are {', '.join(NORMALIZATIONS)}")
   if any(int(k) < 0 for k in ks):
