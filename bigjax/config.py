@@ -4,10 +4,15 @@ Every default lives in `default_config()`; experiment files in `experiments/` st
 change what they need (`get_config(arg)`), and every value can be overridden on the command line
 as `--config.a.b=value`. `ModelConfig` is the frozen, validated view of `config.model` that the
 models are built from.
+
+`config.model.*` starts unset (None): a field takes an explicit value if one is given, else the
+preset's (`model.preset`), else the ModelConfig default. `resolve` (called by `validate`) writes the
+result back into `config.model`, so config.json and every reader of `config.model.X` see the real model.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Mapping
 
@@ -166,23 +171,89 @@ def preset(name: str, **overrides) -> ModelConfig:
   return ModelConfig(**{**PRESETS[name], **overrides})
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """The validated ModelConfig of a run config (a preset, if named, under the explicit fields)."""
-  d = dict(config.model.to_dict())
-  name = d.pop("preset", "")
-  if name:
-    base = preset(name).to_dict()
+# The fields every config.json has held since presets exist: a section with a preset and all of these set
+# is a config.json from before explicit values won (see _model_fields).
+_ALWAYS_SAVED = ("family", "vocab_size", "d_model", "num_layers", "num_heads", "head_dim", "d_ff", "max_len",
+                 "dropout_rate", "layer_norm_eps", "activation", "use_bias", "tie_embeddings", "init_std", "dtype",
+                 "param_dtype")
+
+
+def _model_fields(section: Mapping[str, Any]) -> dict[str, Any]:
+  """The fields of a `model` section: ModelConfig defaults < its preset < every field set (not None).
+
+  A section with a preset and every field of _ALWAYS_SAVED set is a config.json written before explicit
+  values won: it held every field, and one equal to its default meant "the preset's". It is read by
+  that rule, so an old run resolves to the model it trained. (`resolve` empties the preset, so what it
+  writes never looks like one; a config built in code would have to set all 16 of those fields.)"""
+  d = dict(section)
+  name = d.pop("preset", "") or ""
+  base = preset(name).to_dict() if name else ModelConfig().to_dict()
+  if name and all(d.get(k) is not None for k in _ALWAYS_SAVED):
     defaults = ModelConfig().to_dict()
-    # Fields left at their default take the preset's value; fields set explicitly win.
-    d = {k: (base[k] if v == defaults.get(k) else v) for k, v in d.items()}
-  return ModelConfig.from_dict(d)
+    return {**defaults, **{k: (base[k] if k in base and v == defaults[k] else v)
+                           for k, v in d.items() if v is not None}}
+  return {**base, **{k: v for k, v in d.items() if v is not None or k not in base}}
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The validated ModelConfig of a run config: defaults < `model.preset` < explicitly set fields.
+
+  Pure (the config is not changed); `resolve` also writes the result into the config."""
+  return ModelConfig.from_dict(_model_fields(config.model.to_dict()))
+
+
+def resolve(config: ml_collections.ConfigDict) -> ModelConfig:
+  """Writes the model into `config.model` in place: every field its real value and `preset` emptied
+  (its values are now the fields), so what the run saves and whoever reads `config.model.X` see the
+  model that is built, not None or a default the preset overrode. Idempotent; works on a locked config."""
+  mcfg = model_config(config)
+  values = {**mcfg.to_dict(), "preset": ""}
+  missing = [k for k in values if k not in config.model]  # A config.json that predates a field.
+  if missing:
+    with config.unlocked():
+      for k in missing:
+        config.model[k] = values[k]
+  for k, v in values.items():
+    if config.model[k] != v:  # Equal values stay (a saved int 10000 may not be overwritten by a float).
+      config.model[k] = v
+  return mcfg
+
+
+def resolve_saved(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """A copy of a saved config.json dict as today's run would write it, so that a resumed run's pinned
+  settings compare field by field with a workdir of any age: the `model` section as `resolve` writes it
+  (an older file read by the rule it was written under) and `optim.decay_steps` pinned (a workdir from
+  before that setting decayed over its `train.steps`)."""
+  out = copy.deepcopy(dict(saved))
+  mcfg = ModelConfig.from_dict(_model_fields(out.get("model") or {}))
+  out["model"] = {**mcfg.to_dict(), "preset": ""}
+  horizon = _saved_decay_steps(out)
+  if horizon:
+    out["optim"] = {**(out.get("optim") or {}), "decay_steps": horizon}
+  return out
+
+
+def _saved_decay_steps(saved: Mapping[str, Any]) -> int:
+  """The horizon a saved run decayed over (0 if it records none): its optim.decay_steps, else train.steps."""
+  return (saved.get("optim") or {}).get("decay_steps") or (saved.get("train") or {}).get("steps") or 0
+
+
+def resolve_decay_steps(config: ml_collections.ConfigDict, saved: Mapping[str, Any] | None = None) -> int:
+  """The step at which the learning rate's decay ends, to pin in the workdir on its first run, so that
+  raising train.steps on resume trains on at the end of the curve instead of reshaping it mid-run:
+  an explicit `optim.decay_steps`, else the one the workdir's `saved` config.json pinned, else its
+  `train.steps` (workdirs from before the setting), else this run's `train.steps`."""
+  return config.optim.get("decay_steps", 0) or (_saved_decay_steps(saved) if saved else 0) or config.train.steps
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Every setting a run has, with its default. Experiment files change what they need."""
   c = ml_collections.ConfigDict()
 
-  c.model = ml_collections.ConfigDict(ModelConfig().to_dict())
+  # Every ModelConfig field (see its comments), unset (None) until given: then the preset's value, else
+  # ModelConfig's default. A placeholder of the field's type, so --config.model.X=V parses by type.
+  c.model = ml_collections.ConfigDict(
+      {f.name: ml_collections.config_dict.placeholder(type(f.default)) for f in dataclasses.fields(ModelConfig)})
   c.model.preset = ""  # A name from bigjax.config.PRESETS; explicit model.* values override it.
 
   c.data = ml_collections.ConfigDict()
@@ -214,10 +285,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3  # Peak learning rate.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to the peak (rsqrt: steps held at the peak).
-  # "cosine" | "linear" (warmup, then decay to learning_rate * end_lr_ratio at train.steps) | "rsqrt" (T5's
-  # inverse square root after warmup_steps) | "constant" (warmup, then the peak).
+  # "cosine" | "linear" (warmup, then decay to learning_rate * end_lr_ratio at optim.decay_steps) | "rsqrt"
+  # (T5's inverse square root after warmup_steps) | "constant" (warmup, then the peak).
   c.optim.schedule = "cosine"
-  c.optim.end_lr_ratio = 0.1  # The decay ends at learning_rate * end_lr_ratio at train.steps.
+  c.optim.end_lr_ratio = 0.1  # The decay ends at learning_rate * end_lr_ratio at optim.decay_steps.
+  c.optim.decay_steps = 0  # Step where cosine/linear decay ends, held after (0 = first run's train.steps, pinned).
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.eps = 1e-8
@@ -268,9 +340,16 @@ def _positive(name, value):
     raise ConfigError(f"{name}={value!r}: must be a positive integer")
 
 
+def check_decay_steps(value) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise ConfigError(f"optim.decay_steps={value!r}: must be an integer >= 0 (0 = the first run's train.steps)")
+
+
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
-  """Checks that need only the config; returns the ModelConfig. Raises ConfigError."""
-  mcfg = model_config(config)
+  """Checks that need only the config; returns the ModelConfig. Raises ConfigError.
+
+  Resolves `config.model` in place first (`resolve`): call it before anything reads the config."""
+  mcfg = resolve(config)
   for name in ("seq_len", "batch_size"):
     _positive(f"data.{name}", config.data[name])
   if mcfg.positions == "learned" and config.data.seq_len > mcfg.max_len:
@@ -297,6 +376,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps}: must be >= 0")
   if not 0.0 <= config.optim.end_lr_ratio <= 1.0:
     raise ConfigError(f"optim.end_lr_ratio={config.optim.end_lr_ratio}: must be in [0, 1]")
+  check_decay_steps(config.optim.get("decay_steps", 0))
   shape = tuple(config.mesh.shape)
   if len(shape) != 3 or any((not isinstance(s, int)) or s == 0 or s < -1 for s in shape) \
       or list(shape).count(-1) > 1:

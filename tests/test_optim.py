@@ -69,3 +69,31 @@ def test_adamw_decays_only_masked_params_and_clips():
     _, new_state = tx.update(huge, tx.init(params), params)
     mu = optax.tree_utils.tree_get(new_state, "mu")
     assert float(optax.global_norm(mu)) == pytest.approx(want, rel=1e-5)
+
+
+def test_decay_steps_fix_the_horizon_when_train_steps_grow():
+  steps = (0, 5, 10, 40, 55, 80, 99, 100)
+  for name in ("cosine", "linear"):
+    first = optim.schedule(_config(schedule=name))  # train.steps 100: the first run's horizon.
+    longer = _config(schedule=name, decay_steps=100)
+    longer.train.steps = 300  # A resume that trains on, with the horizon pinned: the same curve.
+    resumed = optim.schedule(longer)
+    assert [float(resumed(t)) for t in steps] == [float(first(t)) for t in steps]
+    assert [float(resumed(t)) for t in (100, 150, 299)] == pytest.approx([1e-4] * 3)  # Held at the end.
+    longer.optim.decay_steps = 0  # Unpinned, the curve would stretch to the new train.steps.
+    assert float(optim.schedule(longer)(55)) > 1.2 * float(resumed(55))
+
+
+def test_describe_schedule_and_bad_decay_steps():
+  assert optim.describe_schedule(_config()) == (
+      "cosine: warmup 10 steps to 0.001, decay to 0.0001 at step 100 (train.steps), then held")
+  assert optim.describe_schedule(_config(schedule="linear", decay_steps=520)) == (
+      "linear: warmup 10 steps to 0.001, decay to 0.0001 at step 520 (optim.decay_steps), then held")
+  assert optim.describe_schedule(_config(decay_steps=4)) == (
+      "cosine: warmup 10 steps to 0.001, decay to 0.0001 at step 11 (optim.decay_steps=4, raised past "
+      "warmup_steps), then held")
+  assert optim.describe_schedule(_config(schedule="rsqrt")) == (
+      "rsqrt: 0.001 for 10 steps, then 0.001 * sqrt(10 / step)")
+  assert optim.describe_schedule(_config(schedule="constant")) == "constant: warmup 10 steps to 0.001, then held"
+  with pytest.raises(config_lib.ConfigError, match=r"optim.decay_steps=-5: must be an integer >= 0"):
+    optim.schedule(_config(decay_steps=-5))
