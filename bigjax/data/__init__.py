@@ -1,6 +1,15 @@
-"""Input pipelines: sources → tokenizer → objective → batches (tf.data, numpy out)."""
+"""Input pipelines: sources → tokenizer → objective → batches (tf.data, numpy out).
+
+Importing this package, or `objectives`, loads no TensorFlow: the planner needs only batch shapes, and
+TensorFlow takes seconds to import. The modules that read data (`sources`, `pipeline`, and `tokenizer`
+when it builds a tf.data encoder) load it through `import_tensorflow()`. Importing `sources` registers
+the embedded corpora as TFDS builders (`tfds.builder("stdlib_code")`).
+"""
 
 import contextlib
+import fcntl
+import functools
+import hashlib
 import os
 import sys
 
@@ -25,13 +34,36 @@ def quiet_native_stderr():
     os.close(devnull)
 
 
-with quiet_native_stderr():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  # tf.data only: TensorFlow must never take an accelerator (or its memory) from JAX.
-  tf.config.set_visible_devices([], "GPU")
-  try:
-    tf.config.set_visible_devices([], "TPU")
-  except (ValueError, RuntimeError):
-    pass
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tfds.disable_progress_bar()
+@functools.cache
+def import_tensorflow():
+  """(tensorflow, tensorflow_datasets), imported once, with TensorFlow kept off every accelerator."""
+  with quiet_native_stderr():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # tf.data only: TensorFlow must never take an accelerator (or its memory) from JAX.
+    for kind in ("GPU", "TPU"):
+      try:
+        tf.config.set_visible_devices([], kind)
+      except (ValueError, RuntimeError):  # No such device type, or TF already started (it then saw them).
+        pass
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+  return tf, tfds
+
+
+@contextlib.contextmanager
+def file_lock(path: str):
+  """Holds an exclusive lock on the file `path` (created if missing) for the block, so that of several
+  processes preparing the same data one does it and the others wait, then find it done. A remote path
+  (gs://) cannot be locked: a lock file under ~/.cache/bigjax/locks then serialises this machine's
+  processes (hosts sharing a bucket should prepare once before the others start)."""
+  path = str(path)
+  if "://" in path:
+    name = hashlib.sha256(path.encode()).hexdigest()[:20] + ".lock"
+    path = os.path.join(os.path.expanduser("~/.cache/bigjax/locks"), name)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # Released when the file closes, also if the process dies.
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

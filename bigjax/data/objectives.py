@@ -407,6 +407,30 @@ def _tokenizer_ids(tok, pieces, what: str, setting: str) -> tuple[int, ...] | No
 BERT_PIECES = ("[CLS]", "[SEP]", "[MASK]")
 
 
+class ShapeTokenizer:
+  """A stand-in tokenizer for when only batch shapes matter (`bigjax plan` of a config whose tokenizer
+  is not trained yet): no objective's shapes depend on the tokenizer, only the ids in them do. It has the
+  model's `vocab_size` ids, T5's pad, eos and unk ids, and holds every special piece an objective asks for
+  among its top ids (BERT's [CLS] [SEP] [MASK]; T5's sentinels, <extra_id_0> the last), so none is appended."""
+
+  name = "shape-only"
+  pad_id, eos_id, unk_id = 0, 1, 2
+
+  def __init__(self, vocab_size: int):
+    self.vocab_size = vocab_size
+
+  @property
+  def fingerprint(self) -> str:
+    return f"shape-only-{self.vocab_size}"
+
+  def piece_id(self, piece: str) -> int | None:
+    if piece in BERT_PIECES:
+      return max(self.vocab_size - len(BERT_PIECES) + BERT_PIECES.index(piece), 0)
+    if piece.startswith("<extra_id_") and piece.endswith(">") and piece[10:-1].isdigit():
+      return max(self.vocab_size - 1 - int(piece[10:-1]), 0)
+    return None
+
+
 def make(name: str, seq_len: int, tok, *, family: str = "", target_len: int = 0, num_labels: int = 0,
          setting: str = "data.tokenizer"):
   """The objective `data.objective` names, for a tokenizer (and, where it matters, the model family)."""

@@ -30,14 +30,16 @@ import tempfile
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from bigjax.config import ConfigError
+from bigjax.data import file_lock
+from bigjax.data import import_tensorflow
 from bigjax.data import objectives
 from bigjax.data import quiet_native_stderr
 from bigjax.data import sources
 from bigjax.data import tokenizer as tokenizer_lib
 
+tf, _ = import_tensorflow()
 _CACHE_VERSION = "v1"
 
 
@@ -50,34 +52,54 @@ def _cache_dir(data_dir: str) -> str:
   return os.path.join(base, "bigjax_tokens")
 
 
-def tokenize_split(source: str, split: str, tok, *, data_dir: str = "", text_key: str = "text") -> np.ndarray:
+def _cached(path: str, make, save) -> None:
+  """Writes the cache file `path` (`save(file, make())`) unless it exists. One process makes it while the
+  others wait on its lock, then read it; the file appears whole (a temp file renamed), so a reader never
+  sees half of one."""
+  if os.path.exists(path):
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with file_lock(path + ".lock"):
+    if os.path.exists(path):  # Made by another process while this one waited.
+      return
+    value = make()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+      with os.fdopen(fd, "wb") as f:
+        save(f, value)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def tokenize_split(source: str, split: str, tok, *, data_dir: str = "", text_key: str = "text",
+                   described: str = "") -> np.ndarray:
   """All documents of a split as one int32 token stream, each document followed by EOS.
 
-  Tokenization runs in the tf.data graph (parallel map); the result is cached in the TFDS data
-  dir keyed by source, split and tokenizer, so a second run starts at once.
+  Tokenization runs in the tf.data graph (parallel map); the result is cached in the TFDS data dir keyed
+  by what the source is made from (`sources.describe`, or `described` when the caller has it), the split
+  and the tokenizer, so a second run starts at once and an edited source is tokenized anew.
   """
-  key = "|".join([_CACHE_VERSION, sources.describe(source), split, text_key, tok.fingerprint])
-  name = hashlib.sha256(key.encode()).hexdigest()[:20] + ".npy"
-  cache = _cache_dir(data_dir)
-  path = os.path.join(cache, name)
-  if os.path.exists(path):
-    return np.load(path, mmap_mode="r")
+  sources.check_split(source, split)
+  described = described or sources.describe(source, data_dir_=data_dir)
+  key = "|".join([_CACHE_VERSION, described, split, text_key, tok.fingerprint])
+  path = os.path.join(_cache_dir(data_dir), hashlib.sha256(key.encode()).hexdigest()[:20] + ".npy")
 
-  docs = sources.documents(source, split, data_dir_=data_dir, text_key=text_key)
-  eos = tf.constant([tok.eos_id], tf.int32)
-  with quiet_native_stderr():  # The SentencePiece op logs its normaliser set-up from C++.
-    encode = tok.tf_encoder()
-    ds = docs.map(lambda t: tf.concat([encode(t), eos], 0),
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    pieces = list(ds.as_numpy_iterator())
-  tokens = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros([0], np.int32)
-  if tokens.size <= len(pieces):  # Nothing but EOS markers.
-    raise ConfigError(f"data.source={source!r}: the {split!r} split holds no text")
-  os.makedirs(cache, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
-    np.save(f, tokens)
-  os.replace(tmp, path)  # Atomic: a reader never sees half a cache file.
+  def make() -> np.ndarray:
+    docs = sources.documents(source, split, data_dir_=data_dir, text_key=text_key)
+    eos = tf.constant([tok.eos_id], tf.int32)
+    with quiet_native_stderr():  # The SentencePiece op logs its normaliser set-up from C++.
+      encode = tok.tf_encoder()
+      ds = docs.map(lambda t: tf.concat([encode(t), eos], 0),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      pieces = list(ds.as_numpy_iterator())
+    tokens = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros([0], np.int32)
+    if tokens.size <= len(pieces):  # Nothing but EOS markers.
+      raise ConfigError(f"data.source={source!r}: the {split!r} split holds no text")
+    return tokens
+
+  _cached(path, make, np.save)
   return np.load(path, mmap_mode="r")
 
 
@@ -336,13 +358,15 @@ def record_eval_batches(records: Records, objective, *, global_batch: int, num_b
 
 
 def tokenize_records(source: str, split: str, tok, *, text_key: str, target_key: str, labels: bool,
-                     data_dir: str = "") -> tuple[Records, np.ndarray | None]:
+                     data_dir: str = "", described: str = "") -> tuple[Records, np.ndarray | None]:
   """A split's records: `text_key` tokenized; `target_key` tokenized too, or kept as label strings when
   `labels` (returned beside the records, which then hold no label indices yet). Cached like token streams."""
-  key = "|".join([_CACHE_VERSION, "records", sources.describe(source), split, text_key, target_key, str(labels),
-                  tok.fingerprint])
+  sources.check_split(source, split)
+  described = described or sources.describe(source, data_dir_=data_dir)
+  key = "|".join([_CACHE_VERSION, "records", described, split, text_key, target_key, str(labels), tok.fingerprint])
   path = os.path.join(_cache_dir(data_dir), hashlib.sha256(key.encode()).hexdigest()[:20] + ".npz")
-  if not os.path.exists(path):
+
+  def make() -> dict[str, np.ndarray]:
     ds = sources.records(source, split, (text_key, target_key), data_dir_=data_dir,
                          key_settings={text_key: "data.text_key", target_key: "data.target_key"})
     with quiet_native_stderr():
@@ -359,11 +383,9 @@ def tokenize_records(source: str, split: str, tok, *, text_key: str, target_key:
       arrays["label_names"] = np.asarray([b.decode("utf-8", errors="replace") for _, b in pairs], dtype=str)
     else:
       arrays["targets"], arrays["target_offsets"] = flat([b for _, b in pairs]), offsets([b for _, b in pairs])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
+    return arrays
+
+  _cached(path, make, lambda f, arrays: np.savez(f, **arrays))
   with np.load(path, allow_pickle=False) as z:
     arrays = {k: z[k] for k in z.files}
   names = arrays.pop("label_names", None)
@@ -403,8 +425,8 @@ def objective_name(config) -> str:
   return name
 
 
-def _check_vocab(config, objective, tok) -> None:
-  vocab, needed = config.model.vocab_size, objectives.vocab_size(objective, tok)
+def _check_vocab(config, mcfg, objective, tok) -> None:
+  vocab, needed = mcfg.vocab_size, objectives.vocab_size(objective, tok)
   if needed > vocab:
     extra = f" plus {objective.extra_ids} special ids of {objective.name}" if objective.extra_ids else ""
     raise ConfigError(f"data.tokenizer={config.data.tokenizer!r} has {tok.vocab_size} ids{extra}, more than "
@@ -415,16 +437,20 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
   from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
   d = config.data
   mcfg = config_lib.model_config(config)
+  for setting in ("train_split", "eval_split"):  # Before the tokenizer loads or anything is read.
+    sources.check_split(d.source, d[setting], f"data.{setting}")
   tok = tokenizer_lib.load(d.tokenizer)
   name = objective_name(config)
   split_kw = dict(process_index=process_index, process_count=process_count)
+  described = sources.describe(d.source, data_dir_=d.data_dir)  # Reads local files whole: once.
   if name in ("text_to_text", "classification"):
-    return _build_records(config, mcfg, tok, name, split_kw)
+    return _build_records(config, mcfg, tok, name, split_kw, described)
 
   objective = objectives.make(name, d.seq_len, tok, family=mcfg.family)
-  _check_vocab(config, objective, tok)
-  train_tokens = tokenize_split(d.source, d.train_split, tok, data_dir=d.data_dir, text_key=d.text_key)
-  eval_tokens = tokenize_split(d.source, d.eval_split, tok, data_dir=d.data_dir, text_key=d.text_key)
+  _check_vocab(config, mcfg, objective, tok)
+  kw = dict(data_dir=d.data_dir, text_key=d.text_key, described=described)
+  train_tokens = tokenize_split(d.source, d.train_split, tok, **kw)
+  eval_tokens = tokenize_split(d.source, d.eval_split, tok, **kw)
   train_windows = Windows(train_tokens, objective.window, objective.stride)
   eval_windows = Windows(eval_tokens, objective.window, objective.stride)
   stream = TrainStream(train_windows, objective, global_batch=d.batch_size, seed=config.train.seed, **split_kw)
@@ -435,14 +461,14 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
   return Data(tok, objective, stream, evals, train_tokens, eval_windows, eval_global=whole)
 
 
-def _build_records(config, mcfg, tok, name: str, split_kw) -> Data:
+def _build_records(config, mcfg, tok, name: str, split_kw, described: str) -> Data:
   d = config.data
   if not d.target_key:
     what = "the label" if name == "classification" else "the target text"
     raise ConfigError(f"data.objective={name!r} reads labelled records: set data.target_key to the field with "
                       f"{what} (data.text_key={d.text_key!r} holds the input)")
   is_cls = name == "classification"
-  kw = dict(text_key=d.text_key, target_key=d.target_key, labels=is_cls, data_dir=d.data_dir)
+  kw = dict(text_key=d.text_key, target_key=d.target_key, labels=is_cls, data_dir=d.data_dir, described=described)
   train_recs, train_names = tokenize_records(d.source, d.train_split, tok, **kw)
   eval_recs, eval_names = tokenize_records(d.source, d.eval_split, tok, **kw)
   labels = None
@@ -461,7 +487,7 @@ def _build_records(config, mcfg, tok, name: str, split_kw) -> Data:
     eval_recs.labels = label_indices(eval_names, labels, d.eval_split)
   objective = objectives.make(name, d.seq_len, tok, family=mcfg.family, target_len=d.target_len,
                               num_labels=len(labels or ()))
-  _check_vocab(config, objective, tok)
+  _check_vocab(config, mcfg, objective, tok)
   stream = RecordStream(train_recs, objective, global_batch=d.batch_size, seed=config.train.seed, pack=d.pack,
                         **split_kw)
   evals = record_eval_batches(eval_recs, objective, global_batch=d.batch_size, num_batches=d.eval_batches,

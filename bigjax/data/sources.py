@@ -29,27 +29,41 @@ than one field. Four kinds of source, chosen by `data.source`:
   records, a `ClassLabel` feature gives its label name (`negative`; an empty string for -1, "no
   label"), numbers and booleans their decimal text (`3`, `0.5`, `True`), text features their text.
 
+A plain-text source and the embedded corpora have the splits `train` and `validation` only: any other
+split is an error (`check_split`) that names the setting (`data.train_split`, `data.eval_split`).
+
 The embedded corpora are real TFDS datasets (`tfds.builder("pydoc_prose")` works once this module is
-imported), prepared on first use into the TFDS data dir, so no download is ever needed.
+imported), prepared on first use into the TFDS data dir, so no download is ever needed. Each has one
+config, named by what it is made from on this interpreter (`fingerprint`: the Python version and a
+sha256 of the stdlib files or pydoc topics read): another Python, or an edited stdlib file, prepares a
+config of its own beside it rather than reading data made from other inputs. Processes preparing the
+same dataset at once take turns (`file_lock`): one prepares, the others then read what it wrote.
+`describe(source)` keys the token caches by content in the same way (local and gs:// files by a sha256
+of their bytes).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import glob as globlib
+import hashlib
 import io
 import json
 import os
 import re
+import sys
 import sysconfig
 import zlib
 from typing import Iterator, Sequence
 
 from etils import epath
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from bigjax.config import ConfigError
+from bigjax.data import file_lock
+from bigjax.data import import_tensorflow
+
+tf, tfds = import_tensorflow()
 
 EMBEDDED = ("pydoc_prose", "stdlib_code", "stdlib_functions", "stdlib_packages")
 _CODE_VALIDATION_PERCENT = 3
@@ -58,13 +72,85 @@ _EMPTY_SOURCE = f"data.source is empty: give a path or glob, 'tfds:NAME', or one
 _RECORD_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 _SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev", "eval"),
                 "test": ("test",)}
+_SPLITS = ("train", "validation")  # Of plain text and the embedded corpora.
+_PYTHON = f"{sys.implementation.name}{'.'.join(map(str, sys.version_info[:3]))}"  # e.g. cpython3.11.7
 
 
 def _is_validation(key: str) -> bool:
   return zlib.crc32(key.encode("utf-8")) % 100 < _CODE_VALIDATION_PERCENT
 
 
-class PydocProse(tfds.core.GeneratorBasedBuilder):
+# ---- What the embedded corpora are made from: their fingerprints, read once per process.
+
+
+def stdlib_files() -> list[tuple[str, str]]:
+  """(path relative to the stdlib root, path) of every standard-library .py file (site-packages excluded),
+  in the order the embedded corpora read them."""
+  root = sysconfig.get_paths()["stdlib"]
+  files = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__"))
+    for f in sorted(filenames):
+      if f.endswith(".py"):
+        path = os.path.join(dirpath, f)
+        files.append((os.path.relpath(path, root), path))
+  return files
+
+
+def _sha256_update(h, name: str, data: bytes) -> None:
+  h.update(f"{name}\0{len(data)}\0".encode("utf-8"))
+  h.update(data)
+
+
+@functools.cache
+def _stdlib_digest() -> str:
+  """sha256 of every stdlib .py file, its relative path and bytes (~31 MB: about 0.3 s, once a process)."""
+  h = hashlib.sha256()
+  for rel, path in stdlib_files():
+    with open(path, "rb") as f:
+      _sha256_update(h, rel, f.read())
+  return h.hexdigest()
+
+
+@functools.cache
+def _pydoc_digest() -> str:
+  """sha256 of the pydoc help topics, name and text."""
+  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  for name in sorted(topics.topics):
+    _sha256_update(h, name, topics.topics[name].encode("utf-8"))
+  return h.hexdigest()
+
+
+@functools.cache
+def _tasks_digest() -> str:
+  """sha256 of `bigjax/data/tasks.py`, the code that turns stdlib files into function records."""
+  from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
+  with open(tasks.__file__, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def fingerprint(name: str) -> str:
+  """What embedded corpus `name` is made from here, as its TFDS config name: the Python version and a
+  sha256 of its inputs (the stdlib files; the pydoc topics; for the function tasks also the code that
+  extracts them), e.g. `cpython3.11.7-3f2a9c1e0b7d`."""
+  inputs = {"pydoc_prose": [_pydoc_digest], "stdlib_code": [_stdlib_digest],
+            "stdlib_functions": [_stdlib_digest, _tasks_digest], "stdlib_packages": [_stdlib_digest, _tasks_digest]}
+  digest = hashlib.sha256("|".join(f() for f in inputs[name]).encode()).hexdigest()
+  return f"{_PYTHON}-{digest[:12]}"
+
+
+class _Embedded(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """An embedded corpus: its one config is named by `fingerprint`, so that data prepared from other inputs
+  (another Python's stdlib, an edited file) sits in a directory of its own and is never read as this one."""
+
+  def get_default_builder_config(self):
+    # TFDS's hook for configs that a class attribute cannot list: the fingerprint is known only here.
+    return tfds.core.BuilderConfig(name=fingerprint(self.name),
+                                   description=f"Made by {_PYTHON} from its own standard library.")
+
+
+class PydocProse(_Embedded):
   """CPython's pydoc help topics (English prose), one example per topic."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -87,7 +173,7 @@ class PydocProse(tfds.core.GeneratorBasedBuilder):
         yield name, {"text": topics.topics[name], "name": name}
 
 
-class StdlibCode(tfds.core.GeneratorBasedBuilder):
+class StdlibCode(_Embedded):
   """The Python standard library's own `.py` sources, one example per file."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -104,22 +190,15 @@ class StdlibCode(tfds.core.GeneratorBasedBuilder):
     return {"train": self._generate_examples(False), "validation": self._generate_examples(True)}
 
   def _generate_examples(self, validation: bool):
-    root = sysconfig.get_paths()["stdlib"]
-    for dirpath, dirnames, filenames in os.walk(root):
-      dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__"))
-      for f in sorted(filenames):
-        if not f.endswith(".py"):
-          continue
-        path = os.path.join(dirpath, f)
-        rel = os.path.relpath(path, root)
-        if _is_validation(rel) != validation:
-          continue
-        with open(path, "rb") as fh:
-          text = fh.read().decode("utf-8", errors="replace")
-        yield rel, {"text": text, "path": rel}
+    for rel, path in stdlib_files():
+      if _is_validation(rel) != validation:
+        continue
+      with open(path, "rb") as fh:
+        text = fh.read().decode("utf-8", errors="replace")
+      yield rel, {"text": text, "path": rel}
 
 
-class StdlibFunctions(tfds.core.GeneratorBasedBuilder):
+class StdlibFunctions(_Embedded):
   """Every documented function of the standard library: code (docstring removed), summary (the docstring's
   first line), package. Summarisation (code → summary), and pre-training text with data.text_key=code."""
 
@@ -171,14 +250,30 @@ def data_dir(config_data_dir: str) -> str | None:
   return config_data_dir or None
 
 
-def _tfds_builder(name: str, split: str, data_dir_: str | None):
+def _prepared(make):
+  """The builder `make()` returns, prepared: one process prepares while the others wait on a lock in the
+  data dir, then read what it wrote (TFDS alone lets each prepare and collide on the final rename)."""
+  builder = make()
+  if builder.is_prepared():
+    return builder
+  lock = os.path.join(str(builder.data_dir_root), ".bigjax_locks", builder.info.full_name.replace("/", "-") + ".lock")
+  with file_lock(lock):
+    builder = make()  # Anew: a builder reads what is on disk when it is made.
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+  return builder
+
+
+def _tfds_named(name: str, data_dir_: str | None):
   try:
-    builder = tfds.builder(name, data_dir=data_dir_)
+    return tfds.builder(name, data_dir=data_dir_)
   except Exception as e:  # tfds raises several types for unknown names.
     raise ConfigError(f"data.source='tfds:{name}': not a TFDS dataset here ({type(e).__name__}: "
                       f"{str(e).splitlines()[0]})") from None
-  if not builder.is_prepared():
-    builder.download_and_prepare()
+
+
+def _tfds_builder(name: str, split: str, data_dir_: str | None):
+  builder = _prepared(lambda: _tfds_named(name, data_dir_))
   base = re.split(r"[\[+]", split)[0]  # TFDS slicing: "train[:99%]", "train[99%:]", "train+validation".
   if builder.info.splits and base not in builder.info.splits:
     raise ConfigError(f"split {split!r} is not in tfds:{name}; it has {', '.join(builder.info.splits)} "
@@ -197,12 +292,31 @@ def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str)
 
 
 def _embedded_builder(name: str, split: str, data_dir_: str | None):
-  if split not in ("train", "validation"):
-    raise ConfigError(f"split {split!r}: {name} has 'train' and 'validation'")
-  builder = _BUILDERS[name](data_dir=data_dir_)
-  if not builder.is_prepared():
-    builder.download_and_prepare()
-  return builder
+  check_split(name, split)
+  return _prepared(lambda: _BUILDERS[name](data_dir=data_dir_))
+
+
+def check_split(source: str, split: str, setting: str = "split") -> None:
+  """Refuses, before anything is read, a split that `source` does not have, naming `setting`
+  (`data.train_split`, `data.eval_split`): plain text and the embedded corpora have 'train' and
+  'validation' only, as do record files split by content. Record files named for their splits and TFDS
+  datasets keep their own names, checked when they are read."""
+  allowed = "allowed: 'train', 'validation'"
+  if source in _BUILDERS:
+    if split not in _SPLITS:
+      raise ConfigError(f"{setting}={split!r}: {source} has the splits 'train' and 'validation' only ({allowed})")
+    return
+  if not source or source.startswith("tfds:"):
+    return
+  paths = local_files(source)
+  if not _has_records(source, paths):
+    if split not in _SPLITS:
+      raise ConfigError(f"{setting}={split!r}: data.source={source!r} is plain text, split into 'train' and "
+                        f"'validation' only ({allowed})")
+  elif not any(_splits_named(p) for p in paths) and _split_of(split) not in _SPLITS:
+    raise ConfigError(f"{setting}={split!r}: data.source={source!r} names no split in its file names, so its "
+                      f"records are split by content into 'train' and 'validation' only ({allowed}; or name "
+                      "the files for their splits: train.jsonl, test.jsonl)")
 
 
 def _embedded_documents(name: str, split: str, data_dir_: str | None, text_key: str = "text") -> tf.data.Dataset:
@@ -495,19 +609,37 @@ def documents(source: str, split: str, *, data_dir_: str = "", text_key: str = "
   if _has_records(source, paths):  # Each record's `text_key` field is a document.
     rows = _local_records(source, paths, split, (text_key,), {text_key: "data.text_key"})
     return rows.map(lambda r: r[text_key])
-  local_split = "validation" if split not in ("train",) else "train"
-  return tf.data.Dataset.from_tensor_slices(_local_documents(source, local_split))
+  check_split(source, split)
+  return tf.data.Dataset.from_tensor_slices(_local_documents(source, split))
 
 
-def describe(source: str) -> str:
-  """A short, stable description of a source for cache keys and logs."""
-  if source in _BUILDERS or source.startswith("tfds:"):
-    return source
+def _file_digest(path: str) -> str:
+  """sha256 of a file's bytes (local or gs://), read in 1 MiB chunks."""
+  h = hashlib.sha256()
+  with epath.Path(path).open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def describe(source: str, *, data_dir_: str = "") -> str:
+  """What a source's data is made from, as a short string for cache keys: an embedded corpus's
+  `fingerprint`, a TFDS dataset's name, config and version, or the names of local (or gs://) files and a
+  sha256 of their bytes, so that an edit that keeps a file's size still makes a new key. Local files are
+  read whole: call it once per run (`pipeline.build` does)."""
+  if source in _BUILDERS:
+    return f"{source}|{fingerprint(source)}"
+  if source.startswith("tfds:"):
+    return f"tfds:{_tfds_named(source[len('tfds:'):], data_dir(data_dir_)).info.full_name}"
+  if not source:
+    raise ConfigError(_EMPTY_SOURCE)
   paths = local_files(source)
-  stats = [(p, os.path.getsize(p) if "://" not in p else 0) for p in paths]
+  h = hashlib.sha256()
+  for p in paths:
+    _sha256_update(h, p, _file_digest(p).encode())
   # Record files were read as plain text before records existed: a new key keeps old caches out.
   kind = "|records-v1" if all(_record_format(p) for p in paths) else ""
-  return f"{source}{kind}|{zlib.crc32(repr(stats).encode()):08x}"
+  return f"{source}{kind}|sha256-{h.hexdigest()[:20]}"
 
 
 def iter_texts(ds: tf.data.Dataset) -> Iterator[str]:

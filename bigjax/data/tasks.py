@@ -20,15 +20,25 @@ One split for both: a function is `validation` when crc32 of its code % 100 < 10
 so no validation function's code is in any train split (pre-training included). Functions of one file
 can sit on both sides, as in a random split of examples; identical code (a few overloads) lands on
 one side only.
+
+What the generic evaluation adds for each task (`TASKS`, looked up by `data.source` name with `for_source`):
+`stdlib_functions` a summarisation baseline, `copy_function_name`; `stdlib_packages` its few-shot prompt
+template ("<code>\\n# package: <label>") and fields (code, package). The JSONL files of
+`write_stdlib_functions` hold the same tasks, but a path is not recognised as one: any source not named
+in `TASKS` gets the generic defaults of `bigjax.eval` (pass `baselines.run(task=...)`, or `--fewshot_keys`
+and `--fewshot_template`, to use a task's own).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
+import re
 import sysconfig
 import zlib
+from typing import Callable, Mapping
 
 
 
@@ -102,3 +112,67 @@ def write_stdlib_functions(out_dir: str, *, max_files: int = 0) -> dict[str, dic
     f.close()
     os.replace(os.path.join(out_dir, task, f"{split}.jsonl.tmp"), os.path.join(out_dir, task, f"{split}.jsonl"))
   return counts
+
+
+# ------------------------------------------------------------------ what each task adds to the evaluation
+
+# The words inside an identifier: snake_case parts, then CamelCase humps (acronyms kept whole).
+_WORD = re.compile(r"[A-Z]{2,}(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
+
+
+def identifier_words(name: str) -> list[str]:
+  """`parseHTTPResponse_v2` → ["parse", "HTTP", "Response", "v2"] (also the TF-IDF baseline's features)."""
+  return [w for part in name.split("_") for w in _WORD.findall(part)]
+
+
+def _function_name(code: str) -> str | None:
+  """The name of the first function defined in `code` (by position), or None."""
+  try:
+    tree = ast.parse(code)
+  except (SyntaxError, ValueError):
+    found = re.search(r"^\s*(?:async\s+)?def\s+([A-Za-z_][A-Za-z0-9_]*)", code, re.MULTILINE)
+    return found.group(1) if found else None
+  defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+  return min(defs, key=lambda n: (n.lineno, n.col_offset)).name if defs else None
+
+
+def copy_function_name(code: str) -> str:
+  """`stdlib_functions`' summarisation baseline: the defined function's name as a sentence.
+
+  `def read_header_line(...)` → "Read header line."; `parseHTTPResponse` → "Parse HTTP response."
+  (acronyms keep their capitals); `__init__` → "Init.". The code is parsed with `ast` (decorators,
+  `async def` and methods included); code that does not parse falls back to the first `def` line.
+  "" when no function is found.
+  """
+  name = _function_name(code)
+  words = identifier_words(name) if name else []
+  if not words:
+    return ""
+  words = [w if len(w) > 1 and w.isupper() else w.lower() for w in words]
+  return " ".join([words[0][0].upper() + words[0][1:]] + words[1:]) + "."
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What one task adds to the generic evaluation, which serves any task without it.
+
+  text_baselines     text_to_text baselines beside the generic one: name → f(input text) → prediction
+  fewshot_template   the in-context prompt pattern (`bigjax.eval.fewshot`); None: the generic one
+  fewshot_keys       the (text, label) fields to classify in context; None: `--fewshot_keys` must say
+  """
+  text_baselines: Mapping[str, Callable[[str], str]] = dataclasses.field(default_factory=dict)
+  fewshot_template: str | None = None
+  fewshot_keys: tuple[str, str] | None = None
+
+
+TASKS = {
+    "stdlib_functions": Task(text_baselines={"copy_function_name": copy_function_name}),
+    # A Python comment names the label, as the code a decoder pre-trained on `code` has seen.
+    "stdlib_packages": Task(fewshot_template="{text}\n# package: {label}\n\n", fewshot_keys=("code", "package")),
+}
+
+
+def for_source(source: str) -> Task:
+  """`TASKS[source]` for a `data.source` named there, else `Task()` (generic defaults only): a path, even
+  to the JSONL files of `write_stdlib_functions`, is not recognised (see the module docstring)."""
+  return TASKS.get(source, Task())

@@ -9,6 +9,8 @@ same three specials, then byte b is id b + 3 (259 ids).
 
 A SentencePiece model may also carry special pieces that objectives need (`BERT_SPECIALS`, T5's
 `sentinel_pieces()`), trained in with `special_pieces=`; `piece_id` finds them (None if absent).
+
+TensorFlow is imported only by `tf_encoder()`: decoding and few-shot scoring load tokenizers without it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Iterable, Sequence
 from etils import epath
 import numpy as np
 import sentencepiece as spm
-import tensorflow as tf
 
 from bigjax.config import ConfigError
+from bigjax.data import import_tensorflow
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 BERT_SPECIALS = ("[CLS]", "[SEP]", "[MASK]")
@@ -55,6 +57,7 @@ class ByteTokenizer:
 
   def tf_encoder(self):
     """A function tf.string → int32 ids that runs inside tf.data graphs (build it eagerly)."""
+    tf, _ = import_tensorflow()
     return lambda text: tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32) + self.offset
 
   def byte_lengths(self) -> np.ndarray:
@@ -95,6 +98,7 @@ class SentencePieceTokenizer:
   def tf_encoder(self):
     """A function tf.string → int32 ids that runs inside tf.data graphs (build it eagerly: the
     SentencePiece op holds a resource that must not be created inside a traced function)."""
+    tf, _ = import_tensorflow()
     import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
     return tf_text.SentencepieceTokenizer(model=self._proto, out_type=tf.int32).tokenize
 
