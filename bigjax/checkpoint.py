@@ -19,6 +19,7 @@ import threading
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
@@ -63,7 +64,9 @@ class Checkpointer:
             create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=not read_only,
             preservation_policy=policies.AnyPreservationPolicy(keep_policies)),
-        item_names=("state", "meta"))
+        # The PyTree handler (not the Standard one) for the state: it restores a part of the tree (params
+        # alone), reads its metadata through the manager, and reads the checkpoints StandardSave wrote.
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -78,19 +81,22 @@ class Checkpointer:
     if metrics is not None and not (self.best_metric in metrics and math.isfinite(metrics[self.best_metric])):
       metrics = None  # A checkpoint without a finite value of the metric is never "best".
     try:
-      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                                       meta=ocp.args.JsonSave(meta)), metrics=metrics)
     except Exception as e:  # pylint: disable=broad-except
       raise _io_error(e, self.directory, f"saving checkpoint {step}") or e
     return time.time() - t0
 
-  def _check_shapes(self, step: int, abstract_state) -> None:
-    """A stored array whose shape differs from the state's is named before Orbax fails on it."""
+  def state_metadata(self, step: int) -> dict:
+    """The stored state's tree of Orbax array metadata (shape, dtype), read without loading any array."""
     try:
-      meta = ocp.PyTreeCheckpointHandler().metadata(self.directory / str(step) / "state")
+      return dict(self.manager.item_metadata(step)["state"].tree)
     except Exception as e:  # pylint: disable=broad-except
       raise self._unreadable(step, e) from None
-    stored = jax.tree_util.tree_flatten_with_path(dict(meta.tree))[0]
+
+  def _check_shapes(self, step: int, abstract_state) -> None:
+    """A stored array whose shape differs from the state's is named before Orbax fails on it."""
+    stored = jax.tree_util.tree_flatten_with_path(self.state_metadata(step))[0]
     stored = {jax.tree_util.keystr(k): v for k, v in stored}
     ours = jax.tree_util.tree_flatten_with_path(
         {"step": abstract_state.step, "params": abstract_state.params, "opt_state": abstract_state.opt_state})[0]
@@ -114,7 +120,7 @@ class Checkpointer:
     self._check_shapes(step, abstract_state)
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+          state=_restore_args(abstract_state), meta=ocp.args.JsonRestore()))
     except CheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -126,24 +132,22 @@ class Checkpointer:
 
   def param_metadata(self, step: int) -> dict:
     """The stored params' tree of Orbax array metadata (shape, dtype), read without loading them."""
-    meta = ocp.PyTreeCheckpointHandler().metadata(self.directory / str(step) / "state")
-    return dict(meta.tree)["params"]
+    return self.state_metadata(step)["params"]
 
   def restore_params(self, step: int, abstract_params):
-    """Only the params (or the subset `abstract_params` names) of a checkpoint, nothing else loaded.
-
-    `abstract_params` is a tree of jax.ShapeDtypeStruct with shardings, or the metadata tree of
-    `param_metadata` (then each array is restored whole, on this process's first device)."""
-    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # Each process reads its own copy.
-    target = jax.tree_util.tree_map(
+    """Only the params (or the subset `abstract_params` names) of a checkpoint, nothing else loaded:
+    each array read straight into the sharding its jax.ShapeDtypeStruct in `abstract_params` carries (a
+    leaf of `param_metadata` instead: the array whole, on this process's first device)."""
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree_util.tree_map(
         lambda m: m if isinstance(m, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
         abstract_params)
-    # Restore args carry the target shardings: without them Orbax would place each array as it was saved
-    # (a checkpoint of an 8-device mesh could not be read by a one-device process).
-    out = ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
-        item={"params": target}, restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)},
-        partial_restore=True))
-    return out["params"]
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=_restore_args({"params": abstract_params}, partial=True)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e) from None
+    return out["state"]["params"]
 
   def wait(self) -> float:
     """Blocks until the saves in flight are on disk; returns the seconds waited."""
@@ -158,20 +162,11 @@ class Checkpointer:
     self.manager.close()
 
 
-def abstract_with_shardings(tree, shardings):
-  return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-def check_writable(workdir: epath.Path) -> None:
-  """A workdir on a read-only or full disk is refused before anything runs (one line)."""
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f".write_probe.{os.getpid()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise CheckpointError(f"--workdir={workdir} is not writable ({e.strerror or e}); "
-                          "choose a directory on a writable disk with free space") from None
+def _restore_args(target, partial: bool = False) -> ocp.args.PyTreeRestore:
+  # Restore args carry the target shardings: without them Orbax would place each array as it was saved
+  # (a checkpoint of an 8-device mesh could not be read by a one-device process).
+  return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                partial_restore=partial)
 
 
 class Preemption:
@@ -180,22 +175,26 @@ class Preemption:
   then finishes that step, checkpoints it, waits for the save and returns, so the command exits 0.
 
   One process: Python signal handlers set a flag. Several processes (jax.distributed): JAX's preemption
-  sync manager already catches SIGTERM and agrees a step across processes; SIGINT is forwarded to it as a
-  SIGTERM. A second Ctrl-C interrupts at once (KeyboardInterrupt), as usual.
+  service catches SIGTERM itself and agrees a step across processes
+  (`multihost_utils.reached_preemption_sync_point`); SIGINT is forwarded to it as a SIGTERM. A second
+  Ctrl-C interrupts at once (KeyboardInterrupt), as usual.
   """
 
   def __init__(self):
     self.signal_name: str | None = None
     self._previous: dict[int, object] = {}
-    self._sync = None
+    self._synced = False
+    self._calls = 0
 
   def __enter__(self) -> "Preemption":
     if threading.current_thread() is not threading.main_thread():  # Signals reach the main thread only.
       return self
-    if jax.process_count() > 1:
-      from jax._src import distributed  # pylint: disable=g-import-not-at-top
-      self._sync = distributed.global_state.preemption_sync_manager
-    watched = (signal.SIGINT,) if self._sync is not None else (signal.SIGTERM, signal.SIGINT)
+    if jax.distributed.is_initialized():  # JAX's preemption notifier owns SIGTERM (unless turned off).
+      self._synced = bool(jax.config.jax_enable_preemption_service)
+      if not self._synced and jax.process_count() > 1:
+        raise ConfigError(f"jax_enable_preemption_service=False: with {jax.process_count()} processes a SIGTERM "
+                          "to one could not stop all at the same step; leave it True (the default)")
+    watched = (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
     for sig in watched:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -207,12 +206,16 @@ class Preemption:
     self.signal_name = name
     print(f"bigjax: {name} received: finishing the step in flight, then a checkpoint and exit "
           "(Ctrl-C again stops at once)", flush=True)
-    if self._sync is not None:  # Let JAX's preemption notifier agree a step with the other processes.
+    if self._synced:  # Let JAX's preemption notifier agree a step with the other processes.
       os.kill(os.getpid(), signal.SIGTERM)
 
-  def requested(self, step: int) -> bool:
-    if self._sync is not None:
-      if self._sync.reached_sync_point(step):
+  def requested(self, step: int) -> bool:  # pylint: disable=unused-argument  (every process calls it once a step)
+    if self._synced:
+      # JAX's sync point is (the largest count any process had passed when the notice came) + 1, counted
+      # from 0; a resumed run's first step would miss a notice that came during start-up, so pass the number
+      # of calls, which every process makes once a step from the same restored step.
+      self._calls += 1
+      if multihost_utils.reached_preemption_sync_point(self._calls):
         self.signal_name = self.signal_name or "SIGTERM"
         return True
       return False

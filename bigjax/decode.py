@@ -383,15 +383,14 @@ def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids:
          max_new_tokens: int, temperature: float, top_k: int, top_p: float, num_beams: int,
          length_penalty: float, seed: int) -> None:
   """`bigjax decode`: prints, for each prompt, the prompt, the generated text and the ids."""
-  import json  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
   from bigjax import convert  # pylint: disable=g-import-not-at-top
+  from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from bigjax.config import ConfigError  # pylint: disable=g-import-not-at-top
   from bigjax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   if workdir:
-    cfg, params = convert.from_workdir(workdir)
-    saved = json.loads((epath.Path(workdir) / "config.json").read_text())
-    tok_name = tokenizer or ("" if "converted_from" in saved else saved["data"]["tokenizer"])
+    params, _, cfg, saved, _, _ = workdir_lib.latest_params(workdir)
+    tok_name = tokenizer or workdir_lib.tokenizer_name(saved)
     special = saved.get("special_ids", {})
   else:
     cfg, params = convert.from_hf(hf)

@@ -54,9 +54,9 @@ import numpy as np
 
 from bigjax import config as config_lib
 from bigjax import devices
-from bigjax import models
 from bigjax import optim
 from bigjax import partitioning
+from bigjax import steps
 from bigjax.config import ConfigError
 
 from bigjax.devices import GiB, KiB, MiB  # noqa: F401  (plan.GiB, as before)
@@ -112,15 +112,17 @@ def fmt_bytes(n: float) -> str:
 # ------------------------------------------------------------------------- the state by shape
 
 def abstract_batch(config, mcfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch's shapes, from one example the objective makes of made-up ids: no dataset is read.
+  """The global batch's shapes, from one example the objective makes of made-up ids: no dataset and no
+  tokenizer file is read (a paper config plans before its tokenizer is trained), and no TensorFlow loads.
 
   Window objectives cut `objective.window` tokens; record objectives pad (or pack) each row to fixed
-  lengths, so one made-up record gives the row shapes (see bigjax.data.pipeline).
+  lengths, so one made-up record gives the row shapes (see bigjax.data.pipeline). The shapes never depend
+  on the tokenizer, so a stand-in with the model's vocabulary gives exactly the real pipeline's.
   """
-  from bigjax.data import objectives, tokenizer  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from bigjax.data import objectives  # pylint: disable=g-import-not-at-top
   name = config.data.objective or objectives.default_for(mcfg.family)
   objectives.check_family(name, mcfg.family)
-  tok = tokenizer.load(config.data.tokenizer)
+  tok = objectives.ShapeTokenizer(mcfg.vocab_size)
   objective = objectives.make(name, config.data.seq_len, tok, family=mcfg.family,
                               target_len=config.data.target_len, num_labels=mcfg.num_labels)
   ids = np.ones(1, np.int32)
@@ -132,19 +134,6 @@ def abstract_batch(config, mcfg) -> dict[str, jax.ShapeDtypeStruct]:
     row = objective.row([(ids, ids)])
   rows = config.data.batch_size
   return {k: jax.ShapeDtypeStruct((rows,) + np.shape(v), np.asarray(v).dtype) for k, v in row.items()}
-
-
-def abstract_state(config, mcfg, batch):
-  """(module, tx, boxed abstract TrainState) built by shape, as bigjax.train builds the real one."""
-  from bigjax import train  # pylint: disable=g-import-not-at-top
-  module = models.build(mcfg)
-  tx = optim.make(config)
-
-  def init_state(rng):
-    params = train.init_params(module, batch, rng)
-    return train.TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
-
-  return module, tx, jax.eval_shape(init_state, jax.random.PRNGKey(0))
 
 
 def shard_bytes(tree, shardings) -> int:
@@ -377,12 +366,8 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
   mesh = AbstractMesh(shape, partitioning.MESH_AXES)
   partitioning.check_batch(config.data.batch_size, mesh)
   batch = abstract_batch(config, mcfg)
-  _, _, boxed = abstract_state(config, mcfg, batch)
-  rules = partitioning.rules_for(config.mesh.rules)
-  partitioning.check_rules(boxed, rules)
-  shardings = partitioning.logical_shardings(boxed, mesh, rules)
-  partitioning.check_divisible(boxed, shardings)
-  state = partitioning.unbox(boxed)
+  abstract = steps.abstract_state(mcfg, mesh, partitioning.rules_for(config.mesh.rules), optim.make(config))
+  state, shardings = abstract.state, abstract.shardings
   params = shard_bytes(state.params, shardings.params)
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch}
   # Gradient accumulation: activations of one microbatch, and a second gradient buffer (the running sum).
@@ -391,7 +376,7 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
   act = activations(mcfg, micro, shape)
   opt_leaves = len(jax.tree_util.tree_leaves(state.opt_state))
   return Plan(
-      family=mcfg.family, param_count=sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)),
+      family=mcfg.family, param_count=abstract.param_count,
       mesh=shape, devices=num_devices, device_memory=int(device_memory), memory_source=memory_source,
       params=params, optimizer=shard_bytes(state.opt_state, shardings.opt_state),
       gradients=params * (2 if k > 1 else 1),
@@ -403,27 +388,22 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
 def compile_memory(config, mesh_shape=None) -> dict:
   """XLA's memory_analysis() of the train step compiled on this machine's devices for abstract inputs
   (nothing allocated): per-device argument, output, alias, temp and generated-code bytes, and the total."""
-  from bigjax import train  # pylint: disable=g-import-not-at-top
   mcfg = config_lib.validate(config)
   mesh = partitioning.make_mesh(tuple(mesh_shape or config.mesh.shape), config.mesh.num_devices)
   partitioning.check_batch(config.data.batch_size, mesh)
-  batch = abstract_batch(config, mcfg)
-  module, tx, boxed = abstract_state(config, mcfg, batch)
   rules = partitioning.rules_for(config.mesh.rules)
-  state_sh = partitioning.logical_shardings(boxed, mesh, rules)
-  partitioning.check_divisible(boxed, state_sh)
-  with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  state = jax.tree_util.tree_map(with_sharding, partitioning.unbox(boxed), state_sh)
+  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config))
+  state_sh = abstract.shardings
   batch_sh = partitioning.batch_sharding(mesh)
-  batch = {k: with_sharding(v, batch_sh) for k, v in batch.items()}
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in abstract_batch(config, mcfg).items()}
   # The executable never runs: on CPU, skip LLVM's optimisations (half the compile time, same buffers).
   options = {"xla_backend_optimization_level": 0} if jax.devices()[0].platform == "cpu" else None
   with partitioning.activate(mesh, rules):
-    step = jax.jit(train.make_train_step(module, tx, optim.schedule(config), config.train.seed,
+    step = jax.jit(steps.make_train_step(abstract.module, abstract.tx, optim.schedule(config), config.train.seed,
                                          config.train.grad_accum_steps),
                    in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, partitioning.replicated(mesh)),
                    donate_argnums=0)
-    analysis = step.lower(state, batch).compile(compiler_options=options).memory_analysis()
+    analysis = step.lower(abstract.state, batch).compile(compiler_options=options).memory_analysis()
   out = {k: int(getattr(analysis, f"{k}_size_in_bytes")) for k in
          ("argument", "output", "alias", "temp", "generated_code")}
   out["total"] = out["argument"] + out["temp"] + out["output"] - out["alias"]

@@ -14,7 +14,7 @@ from bigjax import config as config_lib
 from bigjax import models
 from bigjax import optim
 from bigjax import partitioning
-from bigjax import train
+from bigjax import steps
 
 MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 STEPS = 5
@@ -64,15 +64,15 @@ def _run(config, shape, batches):
   module, tx, schedule = models.build(mcfg), optim.make(config), optim.schedule(config)
 
   def init_state(rng):
-    params = train.init_params(module, batches[0], rng)
-    return train.TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
+    params = steps.init_params(module, rng)
+    return steps.TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
 
   with partitioning.activate(mesh, partitioning.RULES):
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     sh = partitioning.logical_shardings(abstract, mesh)
     partitioning.check_divisible(abstract, sh)
     state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=sh)(jax.random.PRNGKey(0))
-    step = jax.jit(train.make_train_step(module, tx, schedule, 0), in_shardings=(sh, partitioning.batch_sharding(mesh)),
+    step = jax.jit(steps.make_train_step(module, tx, schedule, 0), in_shardings=(sh, partitioning.batch_sharding(mesh)),
                    out_shardings=(sh, partitioning.replicated(mesh)), donate_argnums=0)
     losses = []
     for b in batches:

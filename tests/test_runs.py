@@ -19,7 +19,9 @@ from bigjax import checkpoint as ckpt_lib
 from bigjax import config as config_lib
 from bigjax import models
 from bigjax import optim
+from bigjax import steps
 from bigjax import train
+from bigjax import workdir as workdir_lib
 from bigjax.config import ConfigError
 from bigjax.data import pipeline
 
@@ -99,13 +101,13 @@ def test_sigterm_checkpoints_exits_0_and_resumes_exactly(text_file, straight, tm
 
 def test_ctrl_c_stops_after_the_step_in_flight(text_file, straight, tmp_path, monkeypatch, capsys):
   """SIGINT (in this process, raised while step 7 is logged): the step finishes, is saved, train returns."""
-  write = train.MetricsWriter.write
+  write = workdir_lib.MetricsWriter.write
 
   def write_then_interrupt(self, step, split, values):
     write(self, step, split, values)
     if split == "train" and step == 7:
       os.kill(os.getpid(), signal.SIGINT)
-  monkeypatch.setattr(train.MetricsWriter, "write", write_then_interrupt)
+  monkeypatch.setattr(workdir_lib.MetricsWriter, "write", write_then_interrupt)
   workdir = str(tmp_path / "run")
   cfg = tiny_config(text_file, **LONG)
   out = train.train(cfg, workdir)
@@ -199,14 +201,14 @@ def test_gradient_accumulation_equals_one_big_batch(text_file, family):
   from test_train import FAMILIES
   from bigjax import partitioning
   cfg, mcfg, module, tx, batch = _step_parts(text_file, **FAMILIES.get(family, {}))
-  params = train.init_params(module, batch, jax.random.PRNGKey(0))
+  params = steps.init_params(module, jax.random.PRNGKey(0))
   params = jax.tree_util.tree_map(lambda x: x, nn_unbox(params))
-  state = train.TrainState(jnp.zeros([], jnp.int32) + 5, params, tx.init(params))
+  state = steps.TrainState(jnp.zeros([], jnp.int32) + 5, params, tx.init(params))
   mesh = partitioning.make_mesh((2, 2, 2), 0)
   out = {}
   for k in (1, 4):
     with partitioning.activate(mesh, partitioning.RULES):
-      step = jax.jit(train.make_train_step(module, tx, optim.schedule(cfg), 0, grad_accum_steps=k))
+      step = jax.jit(steps.make_train_step(module, tx, optim.schedule(cfg), 0, grad_accum_steps=k))
       new, metrics = step(state, partitioning.global_batch(batch, mesh))
     out[k] = (jax.device_get(new.params), jax.device_get(metrics))
   (p1, m1), (p4, m4) = out[1], out[4]
@@ -227,12 +229,12 @@ def test_gradient_accumulation_holds_one_microbatch_of_activations(text_file):
   cfg, mcfg, module, tx, batch = _step_parts(text_file, **{"model.d_model": 64, "model.d_ff": 256,
                                                            "data.seq_len": 64, "data.batch_size": 32,
                                                            "model.max_len": 64})
-  abstract = jax.eval_shape(lambda: (lambda p: train.TrainState(jnp.zeros([], jnp.int32), p, tx.init(p)))(
-      nn_unbox(train.init_params(module, batch, jax.random.PRNGKey(0)))))
+  abstract = jax.eval_shape(lambda: (lambda p: steps.TrainState(jnp.zeros([], jnp.int32), p, tx.init(p)))(
+      nn_unbox(steps.init_params(module, jax.random.PRNGKey(0)))))
   spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   temp = {}
   for k in (1, 8):
-    step = jax.jit(train.make_train_step(module, tx, optim.schedule(cfg), 0, grad_accum_steps=k))
+    step = jax.jit(steps.make_train_step(module, tx, optim.schedule(cfg), 0, grad_accum_steps=k))
     temp[k] = step.lower(abstract, spec).compile().memory_analysis().temp_size_in_bytes
   assert temp[8] < temp[1] / 3, temp  # Activations of 4 rows instead of 32 (params, grads stay).
 

@@ -90,7 +90,8 @@ def test_one_device_and_eight_devices_agree(text_file, uninterrupted, tmp_path):
   # Stopped after step 3 on the (2, 2, 2) mesh and resumed there: bit-identical to the mesh's own run.
   part = str(tmp_path / "mesh_part")
   on_mesh = {"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}
-  train.train(tiny_config(text_file, **on_mesh, **{"train.steps": 3}), part)
+  # The first part names the whole run's schedule horizon (else it would be its own 3 steps, pinned).
+  train.train(tiny_config(text_file, **on_mesh, **{"train.steps": 3, "optim.decay_steps": 6}), part)
   train.train(tiny_config(text_file, **on_mesh), part)
   assert [r["loss"] for r in read_metrics(part)] == many
 
@@ -139,7 +140,7 @@ FAMILIES = {
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_trains_resumes_exactly_and_agrees_across_meshes(text_file, tmp_path, family):
   cfg = lambda **kw: tiny_config(text_file, **{**FAMILIES[family], "train.steps": 4, "train.eval_every": 4,
-                                               "train.checkpoint_every": 2, **kw})
+                                               "train.checkpoint_every": 2, "optim.decay_steps": 4, **kw})
   full = str(tmp_path / "full")
   out = train.train(cfg(), full)
   losses = [r["loss"] for r in read_metrics(full)]
@@ -193,7 +194,7 @@ def test_text_to_text_packed_trains_and_resumes_exactly(labelled_files, tmp_path
   cfg = lambda **kw: tiny_config(os.path.join(labelled_files, "*.jsonl"), **{
       **FAMILIES["encoder_decoder"], "data.objective": "text_to_text", "data.text_key": "code",
       "data.target_key": "summary", "data.seq_len": 128, "data.target_len": 48, "train.steps": 4,
-      "train.eval_every": 4, "train.checkpoint_every": 2, **kw})
+      "optim.decay_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 2, **kw})
   full = str(tmp_path / "full")
   out = train.train(cfg(), full)
   losses = [r["loss"] for r in read_metrics(full)]

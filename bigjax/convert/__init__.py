@@ -90,7 +90,8 @@ def to_workdir(cfg: ModelConfig, params: dict, workdir: str, source: str) -> Non
   --to_hf` read: `config.json` (a run config whose model section is `cfg`) and a params-only checkpoint."""
   from bigjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  out = epath.Path(workdir)
+  from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  out = workdir_lib.path(workdir)
   if (out / "config.json").exists() or (out / "checkpoints").exists():
     raise ConfigError(f"--workdir={workdir} already holds a run; convert into a new directory")
   out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def to_workdir(cfg: ModelConfig, params: dict, workdir: str, source: str) -> Non
   ckpt.save(0, {"params": params}, {"step": 0, "converted_from": source})
   ckpt.wait()
   ckpt.close()
-  (out / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+  workdir_lib.write_json(out / workdir_lib.CONFIG, record)
 
 
 def hf_special_ids(path: str) -> dict[str, int | None]:
@@ -116,17 +117,6 @@ def hf_special_ids(path: str) -> dict[str, int | None]:
 
 def from_workdir(workdir: str) -> tuple[ModelConfig, dict]:
   """(ModelConfig, params) of a workdir's latest checkpoint (a training run or a converted model)."""
-  from bigjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  root = epath.Path(workdir)
-  if not (root / "config.json").exists():
-    raise ConfigError(f"--workdir={workdir}: not a bigjax workdir (no config.json)")
-  cfg = config_lib.model_config(ml_collections.ConfigDict(json.loads((root / "config.json").read_text())))
-  ckpt = ckpt_lib.Checkpointer(str(root))
-  step = ckpt.latest_step()
-  if step is None:
-    raise ConfigError(f"--workdir={workdir}: no complete checkpoint")
-  params = ckpt.restore_params(step, ckpt.param_metadata(step))
-  ckpt.close()
+  from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  params, _, cfg, _, _, _ = workdir_lib.latest_params(workdir)
   return cfg, params

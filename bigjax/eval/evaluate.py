@@ -5,7 +5,7 @@ and the params of the latest complete checkpoint (nothing else is read: no optim
 straight onto the config's mesh (one device when this machine lacks the mesh's devices). What is
 computed follows the run's objective:
 
-  every objective   the trainer's eval numbers, from its own eval step (`train.make_eval_step`) and
+  every objective   the trainer's eval numbers, from its own evaluator (`steps.Evaluator`) and
                     eval constants (`pipeline.eval_reference` over the same eval batches), so that
                     `bigjax eval --max_examples B*N` reproduces the loss the trainer logged with
                     `data.eval_batches=N` exactly: loss, unigram_loss, accuracy, and, for text targets,
@@ -28,75 +28,30 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
-import os
-import warnings
 from typing import Any
 
-from etils import epath
-import flax
-import jax
-import ml_collections
 import numpy as np
 
-from bigjax.eval import baselines
-from bigjax import checkpoint as ckpt_lib
 from bigjax import config as config_lib
 from bigjax import decode
-from bigjax.eval import metrics
-from bigjax import models
 from bigjax import partitioning
-from bigjax import train
+from bigjax import steps
+from bigjax import workdir as workdir_lib
 from bigjax.config import ConfigError
 from bigjax.data import pipeline
 from bigjax.data import sources
+from bigjax.eval import baselines
+from bigjax.eval import metrics
 
 RESULTS = "eval_results.json"
 CONFUSION = "confusion_matrix.png"
 PREDICTIONS = "eval_predictions.jsonl"
 _NUM_SAMPLES = 5  # (input, reference, prediction) triples kept in the JSON.
 _INPUT_HEAD = 200  # Characters of each sample's input kept.
-_RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
 
 # ----------------------------------------------------------------------------------- the run
-
-def load_config(workdir: epath.Path) -> ml_collections.ConfigDict:
-  """The run's resolved config: `config.json` over today's defaults (settings it predates keep theirs)."""
-  path = workdir / "config.json"
-  if not path.exists():
-    raise ConfigError(f"--workdir={workdir}: no config.json, so not a bigjax run (train one with bigjax train "
-                      "--workdir DIR)")
-  try:
-    saved = json.loads(path.read_text())
-  except (json.JSONDecodeError, OSError) as e:
-    raise ConfigError(f"--workdir={workdir}: config.json is unreadable ({e})") from None
-  if "converted_from" in saved:
-    raise ConfigError(f"--workdir={workdir} holds a model converted from {saved['converted_from']}, not a run: "
-                      "it has no task to evaluate; fine-tune it with --config.train.init_from and evaluate that run")
-  config = config_lib.default_config()
-
-  def merge(node, values):
-    for key, value in values.items():
-      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
-        merge(node[key], value)
-      else:
-        node[key] = value
-  merge(config, saved)
-  return config
-
-
-def _check_split(source: str, split: str) -> None:
-  """Local text files have 'train' and 'validation' only (the sources module reads any other name as
-  'validation'); embedded, record and TFDS sources check their own split names."""
-  if split in ("train", "validation") or source in sources.EMBEDDED or source.startswith("tfds:") or not source:
-    return
-  paths = sources.local_files(source)
-  if not all(p.lower().endswith(_RECORD_SUFFIXES) for p in paths):
-    raise ConfigError(f"--split={split!r}: data.source={source!r} is plain text, split into 'train' and "
-                      "'validation' only")
-
 
 def _check_flags(family: str, objective: str, *, num_beams: int, max_new_tokens: int, length_penalty: float,
                  max_examples: int, batch_size: int) -> None:
@@ -125,67 +80,17 @@ def _mesh(config):
     return partitioning.make_mesh((1, 1, 1), 1), f"the run's mesh is not available here ({e}); one device used"
 
 
-def restore_params(ckpt: ckpt_lib.Checkpointer, step: int, mcfg, module, example_batch, mesh, rules):
-  """The params (only) of checkpoint `step`, on their shardings on `mesh` (the trainer's, from the logical axes).
-
-  The stored params' metadata is checked against the model's shapes first; a checkpoint written in the
-  other layer layout (scanned vs not) is restored whole on one device and converted (`models.to_layout`)."""
-  with partitioning.activate(mesh, rules):
-    boxed = jax.eval_shape(lambda r: train.init_params(module, example_batch, r), jax.random.PRNGKey(0))
-    shardings = partitioning.logical_shardings(boxed, mesh, rules)
-    partitioning.check_divisible(boxed, shardings)
-  abstract = partitioning.unbox(boxed)
-  where = ckpt.directory / str(step)
-  try:
-    stored = ckpt.param_metadata(step)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ckpt_lib.CheckpointError(f"checkpoint {where} is corrupted or incomplete ({type(e).__name__}: "
-                                   f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
-
-  def shapes(tree):
-    return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
-
-  ours = shapes(abstract)
-  try:
-    with warnings.catch_warnings():
-      # Checkpointer.restore_params hands Orbax no restore args, so Orbax reads each array onto the sharding
-      # saved with it (and warns); device_put then moves it onto this mesh's, a no-op when they agree.
-      warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
-      if shapes(stored) == ours:
-        params = ckpt.restore_params(step, ckpt_lib.abstract_with_shardings(abstract, shardings))
-        return jax.device_put(params, shardings), shardings
-      host = models.to_layout(mcfg, jax.device_get(ckpt.restore_params(step, stored)))
-  except Exception as e:  # pylint: disable=broad-except
-    raise ckpt_lib.CheckpointError(f"checkpoint {where} could not be read ({type(e).__name__}: "
-                                   f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
-  theirs = shapes(host)
-  for name, shape in ours.items():
-    if theirs.get(name) != shape:
-      raise ckpt_lib.CheckpointError(
-          f"checkpoint {where} holds {name} of shape {theirs.get(name, 'none')}, but the model of config.json "
-          f"has {shape}: the checkpoint and config.json are of different models")
-  return jax.device_put(host, shardings), shardings
-
-
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
   x = np.asarray(logits, np.float64)
   x = np.exp(x - x.max(-1, keepdims=True))
   return x / x.sum(-1, keepdims=True)
 
 
-def _write_text_atomic(path: epath.Path, text: str) -> None:
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
 # ------------------------------------------------------------------------------------ evaluate
 
 def evaluate(workdir: str, *, split: str | None = None, max_examples: int = 0, batch_size: int = 0,
              num_beams: int = 1, max_new_tokens: int = 0, length_penalty: float = 1.0,
-             write: bool = True, log=train.log) -> dict[str, Any]:
+             write: bool = True, log=workdir_lib.log) -> dict[str, Any]:
   """Evaluates `workdir`'s latest checkpoint on `split` (default: the run's `data.eval_split`).
 
   max_examples: the first N eval examples (windows or records) of the split (0 = all of it).
@@ -196,87 +101,57 @@ def evaluate(workdir: str, *, split: str | None = None, max_examples: int = 0, b
   Returns what `eval_results.json` holds (written there, with the PNG / predictions, when `write`).
   Bad input raises ConfigError with one line.
   """
-  workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
-  config = load_config(workdir)
+  workdir = workdir_lib.path(workdir)
+  config = workdir_lib.load_run(workdir, "to evaluate")
   mcfg = config_lib.validate(config)
   objective = pipeline.objective_name(config)
   family = mcfg.family
   _check_flags(family, objective, num_beams=num_beams, max_new_tokens=max_new_tokens,
                length_penalty=length_penalty, max_examples=max_examples, batch_size=batch_size)
   split = split or config.data.eval_split
-  _check_split(config.data.source, split)
+  sources.check_split(config.data.source, split, "--split")
 
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # Orbax warns that a read-only manager saves nothing: we know.
-  try:
-    ckpt = ckpt_lib.Checkpointer(str(workdir), read_only=True)
-  finally:
-    absl_logger.setLevel(level)
-  try:
-    step = ckpt.latest_step() if ckpt.directory.exists() else None
-    if step is None:
-      partial = f" (only incomplete saves: {', '.join(ckpt.incomplete)})" if ckpt.incomplete else ""
-      raise ConfigError(f"--workdir={workdir}: no complete checkpoint to evaluate{partial}; train it first")
+  mesh, note = _mesh(config)
+  if note:
+    log(f"bigjax: {note}")
+  rules = partitioning.rules_for(config.mesh.rules)
+  bs = batch_size or config.data.batch_size
+  if bs % partitioning.batch_divisor(mesh):
+    raise ConfigError(f"--batch_size={bs} does not divide over the mesh's data x fsdp = "
+                      f"{partitioning.batch_divisor(mesh)} devices; use a multiple of it")
+  abstract = steps.abstract_state(mcfg, mesh, rules)
+  params, step, *_ = workdir_lib.latest_params(workdir, mcfg, abstract.shardings.params)
 
-    mesh, note = _mesh(config)
-    if note:
-      log(f"bigjax: {note}")
-    rules = partitioning.rules_for(config.mesh.rules)
-    bs = batch_size or config.data.batch_size
-    if bs % partitioning.batch_divisor(mesh):
-      raise ConfigError(f"--batch_size={bs} does not divide over the mesh's data x fsdp = "
-                        f"{partitioning.batch_divisor(mesh)} devices; use a multiple of it")
-
-    # Data: the split as the run's eval batches (one example a row), the first max_examples of them.
-    data_config = copy.deepcopy(config)
-    data_config.data.eval_split = split
-    data_config.data.batch_size = bs
-    data_config.data.eval_batches = math.ceil(max_examples / bs) if max_examples else 0
-    data = pipeline.build(data_config)
-    batches = data.eval
-    for i, b in enumerate(batches):  # Rows past max_examples (and the last batch's filler) weigh nothing.
-      if max_examples:
-        keep = (i * bs + np.arange(bs)) < max_examples
-        b["weights"] = b["weights"] * keep.reshape((-1,) + (1,) * (b["weights"].ndim - 1))
-    if data.eval_windows is not None:
-      n = min(data.eval_windows.count, max_examples or data.eval_windows.count)
-    else:  # Records: a row of weight > 0 is an example (every target has its EOS, every label its weight).
-      n = int(sum(np.any(b["weights"].reshape(bs, -1) > 0, axis=1).sum() for b in batches))
-
-    # Model and params.
-    module = models.build(mcfg)
-    params, param_sh = restore_params(ckpt, step, mcfg, module, data.train.example_batch(), mesh, rules)
-  finally:
-    ckpt.close()
+  # Data: the split as the run's eval batches (one example a row), the first max_examples of them.
+  data_config = copy.deepcopy(config)
+  data_config.data.eval_split = split
+  data_config.data.batch_size = bs
+  data_config.data.eval_batches = math.ceil(max_examples / bs) if max_examples else 0
+  data = pipeline.build(data_config)
+  batches = data.eval
+  for i, b in enumerate(batches):  # Rows past max_examples (and the last batch's filler) weigh nothing.
+    if max_examples:
+      keep = (i * bs + np.arange(bs)) < max_examples
+      b["weights"] = b["weights"] * keep.reshape((-1,) + (1,) * (b["weights"].ndim - 1))
+  if data.eval_windows is not None:
+    n = min(data.eval_windows.count, max_examples or data.eval_windows.count)
+  else:  # Records: a row of weight > 0 is an example (every target has its EOS, every label its weight).
+    n = int(sum(np.any(b["weights"].reshape(bs, -1) > 0, axis=1).sum() for b in batches))
   log(f"bigjax: evaluating step {step} of {workdir} ({family}, {objective}) on {split!r}: {n:,} examples, "
       f"batches of {bs}")
 
-  # The trainer's eval step, and (classification) the logits of the same rows.
-  batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+  # The trainer's evaluator (classification: also the logits of the same rows).
   is_cls = objective == "classification"
-  with partitioning.activate(mesh, rules):
-    eval_fn = jax.jit(train.make_eval_step(module), in_shardings=(param_sh, batch_sh), out_shardings=repl)
-    logits_fn = jax.jit(lambda p, b: module.apply({"params": p}, b["inputs"], **train.model_inputs(b),
-                                                  deterministic=True),
-                        in_shardings=(param_sh, batch_sh), out_shardings=repl)
-    tot = cnt = hits = 0.0
-    logits = []
-    for b in batches:
-      g = partitioning.global_batch(b, mesh)
-      s, c, h = eval_fn(params, g)
-      tot, cnt, hits = tot + float(s), cnt + float(c), hits + float(h)
-      if is_cls:
-        logits.append(np.asarray(logits_fn(params, g)))
+  ref = pipeline.eval_constants(config, data, mcfg, batches)
+  evaluator = steps.Evaluator(abstract.module, mesh, rules, abstract.shardings.params, batches, ref,
+                              labels=bool(data.labels), keep_logits=is_cls)
+  (tot, cnt, hits), logits = evaluator.sums(params)
   if cnt <= 0:
     raise ConfigError(f"--split={split!r}: the eval examples hold no targets to score")
   ref = pipeline.eval_constants(config, data, mcfg, batches)
-  values: dict[str, Any] = {"loss": tot / cnt, "unigram_loss": ref["unigram_nats"] / max(ref["tokens"], 1.0),
-                            "accuracy": hits / cnt}
-  if not data.labels:
-    values["perplexity"] = metrics.perplexity(tot, cnt)
-    if ref["bytes"] > 0:
-      values["bits_per_byte"] = metrics.bits_per_byte(tot, ref["bytes"])
+  values: dict[str, Any] = evaluator.metrics(tot, cnt, hits)
+  if ref["bytes"] <= 0:
+    values.pop("bits_per_byte", None)
   result: dict[str, Any] = {
       "workdir": str(workdir), "step": int(step), "split": split, "objective": objective, "family": family,
       "examples": n, "batch_size": bs, "metrics": values}
@@ -298,10 +173,10 @@ def evaluate(workdir: str, *, split: str | None = None, max_examples: int = 0, b
                                title=f"{workdir.name} step {step}, {split}")
         result["confusion_png"] = CONFUSION
       if predictions is not None:
-        _write_text_atomic(workdir / PREDICTIONS,
+        workdir_lib.write_text(workdir / PREDICTIONS,
                            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
         result["predictions_file"] = PREDICTIONS
-      train.write_json_atomic(workdir / RESULTS, result)
+      workdir_lib.write_json(workdir / RESULTS, result)
     except OSError as e:
       raise ConfigError(f"writing the eval results into {workdir} failed: {e.strerror or e}") from None
   return result
@@ -422,7 +297,7 @@ def main(*, workdir: str, split: str | None, max_examples: int, batch_size: int,
   result = evaluate(workdir, split=split, max_examples=max_examples, batch_size=batch_size, num_beams=num_beams,
                     max_new_tokens=max_new_tokens, length_penalty=length_penalty)
   for line in summary(result):
-    train.log(line)
+    workdir_lib.log(line)
   files = [RESULTS] + [result[k] for k in ("confusion_png", "predictions_file") if k in result]
-  train.log(f"bigjax: wrote {', '.join(files)} in {result['workdir']}")
+  workdir_lib.log(f"bigjax: wrote {', '.join(files)} in {result['workdir']}")
   return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -166,11 +165,10 @@ def plot_confusion(matrix, label_names: Sequence, path, title: str | None = None
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")
 
+  from bigjax import workdir  # pylint: disable=g-import-not-at-top
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-  tmp.write_bytes(buffer.getvalue())
-  tmp.replace(path)
+  workdir.write_bytes(path, buffer.getvalue())
   return path
 
 

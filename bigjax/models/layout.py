@@ -44,7 +44,7 @@ def unscan_params(params: dict) -> dict:
 
 def to_layout(cfg: ModelConfig, params: dict) -> dict:
   """`params` in the layout `cfg.scan_layers` asks for, whichever layout they come in."""
-  scanned = _is_scanned(params)
+  scanned = is_scanned(params)
   if cfg.scan_layers and not scanned:
     return scan_params(params)
   if not cfg.scan_layers and scanned:
@@ -52,7 +52,7 @@ def to_layout(cfg: ModelConfig, params: dict) -> dict:
   return params
 
 
-def _is_scanned(params) -> bool:
+def is_scanned(params) -> bool:
   if not isinstance(params, dict):
     return False
-  return "blocks" in params or any(_is_scanned(v) for v in params.values())
+  return "blocks" in params or any(is_scanned(v) for v in params.values())

@@ -1,0 +1,230 @@
+"""Pure JAX: the train state, the loss, the train and eval steps, and the state by shape.
+
+Nothing here reads files, logs or knows a model family: a family is a linen module (`models.build`) and
+a batch its objective made (`inputs`, `targets`, `weights`, and whatever else the module takes). The
+trainer, `bigjax plan` and `bigjax eval` share `abstract_state`, so all three see the same shapes and
+shardings; none of them needs TensorFlow to reach it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import chex
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from bigjax import models
+from bigjax import partitioning
+from bigjax.config import ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+def weighted_xent(logits, targets, weights):
+  """Sum of token cross-entropies (nats) and of weights."""
+  chex.assert_equal_shape_prefix((logits, targets, weights), targets.ndim)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def model_inputs(batch) -> dict[str, Any]:
+  """The model's call arguments in a batch (everything an objective made beyond targets/weights)."""
+  return {k: v for k, v in batch.items() if k not in ("targets", "weights", "inputs")}
+
+
+def logits(module, params, batch, **kwargs):
+  return module.apply({"params": params}, batch["inputs"], **model_inputs(batch), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ init
+
+def init_inputs(mcfg: ModelConfig) -> dict[str, jax.Array]:
+  """The smallest call a module can be initialised with: parameter shapes never depend on the batch."""
+  one = jnp.zeros((1, 1), jnp.int32)
+  return {"inputs": one, "decoder_input_ids": one} if mcfg.family == "encoder_decoder" else {"inputs": one}
+
+
+def init_params(module, rng):
+  """The module's params (boxed with their logical axes)."""
+  inputs = init_inputs(module.cfg)
+  return module.init(rng, inputs["inputs"], **model_inputs(inputs))["params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Abstract:
+  """A train state by shape: what `jax.jit(init, out_shardings=...)` will make, before anything exists."""
+  module: nn.Module
+  tx: optax.GradientTransformation | None
+  boxed: Any  # TrainState of ShapeDtypeStructs in logical-partitioning boxes (what init returns).
+  state: TrainState  # Unboxed ShapeDtypeStructs, each carrying its sharding (a restore target).
+  shardings: TrainState  # NamedShardings on the mesh.
+  param_count: int
+
+  def init_fn(self, seed: int):
+    """A jitted `() -> TrainState` that builds the real state straight into its shardings."""
+    init = _init_state(self.module, self.tx)
+    return jax.jit(lambda: nn.meta.unbox(init(jax.random.PRNGKey(seed))), out_shardings=self.shardings)
+
+
+def _init_state(module, tx):
+  def init(rng):
+    params = init_params(module, rng)
+    return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params) if tx is not None else ())
+  return init
+
+
+def abstract_state(mcfg: ModelConfig, mesh, rules, tx: optax.GradientTransformation | None = None) -> Abstract:
+  """The state by shape on `mesh` (a Mesh or an AbstractMesh): eval_shape → every logical axis has a rule →
+  logical shardings → every sharded dimension divides. Without `tx`, params only (opt_state is `()`).
+  Raises ConfigError naming the parameter when a rule or a size does not fit."""
+  module = models.build(mcfg)
+  boxed = jax.eval_shape(_init_state(module, tx), jax.random.PRNGKey(0))
+  partitioning.check_rules(boxed, rules)
+  shardings = partitioning.logical_shardings(boxed, mesh, rules)
+  partitioning.check_divisible(boxed, shardings)
+  unboxed = partitioning.unbox(boxed)
+  state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings)
+  count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(unboxed.params))
+  return Abstract(module, tx, boxed, state, shardings, count)
+
+
+def abstract_params(mcfg: ModelConfig):
+  """The params of `mcfg` by shape (ShapeDtypeStructs, unboxed, no shardings): what a checkpoint must hold."""
+  module = models.build(mcfg)
+  return partitioning.unbox(jax.eval_shape(lambda r: init_params(module, r), jax.random.PRNGKey(0)))
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+def split_microbatches(batch, k: int):
+  """[B, ...] → [k, B/k, ...], microbatch i holding rows i, i+k, i+2k, ...: each device's contiguous
+  block of rows then splits into its own k pieces, so no microbatch moves between devices."""
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, "activation_batch") + (None,) * (x.ndim - 2))
+  return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, on_nonfinite: str = "error"):
+  """One optimizer step on a batch. The loss is the mean cross-entropy over the batch's weighted tokens;
+  with `grad_accum_steps = k` the batch runs as k microbatches whose gradients are summed, each
+  microbatch's loss divided by the whole batch's token count, so the update is the whole batch's (up to
+  float summation order) while activations are those of one microbatch. A step whose loss or gradient
+  is not finite has `metrics["nonfinite"] = 1`; with `on_nonfinite="skip"` it leaves params and
+  optimizer state unchanged (the step counter, data and schedule still advance).
+
+  Not `optax.apply_if_finite`: it wraps the optimizer state in counters of its own, so a checkpoint of
+  an `error` run (or of any run before) could not be resumed with `skip` — the very recovery the
+  non-finite error suggests — and it looks at the gradients only, not at the loss."""
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+    count = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+
+    def loss_fn(params, b, r):
+      total, _ = weighted_xent(logits(module, params, b, deterministic=False, rngs={"dropout": r}),
+                               b["targets"], b["weights"])
+      return total / count
+
+    if grad_accum_steps == 1:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+    else:
+      def micro(carry, xs):
+        i, b = xs
+        l, g = jax.value_and_grad(loss_fn)(state.params, b, jax.random.fold_in(rng, i))
+        return jax.tree_util.tree_map(jnp.add, carry, (l, g)), None
+      zeros = (jnp.zeros([], jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(
+          micro, zeros, (jnp.arange(grad_accum_steps), split_microbatches(batch, grad_accum_steps)))
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if on_nonfinite == "skip":
+      params, opt_state = optax.tree.where(finite, (params, opt_state), (state.params, state.opt_state))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+               "nonfinite": (~finite).astype(jnp.int32)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(module):
+  """(sum of cross-entropies, sum of weights, weighted count of argmax == target)."""
+  def eval_step(params, batch):
+    out = logits(module, params, batch, deterministic=True)
+    total, count = weighted_xent(out, batch["targets"], batch["weights"])
+    hits = jnp.sum((jnp.argmax(out, -1) == batch["targets"]) * batch["weights"])
+    return total, count, hits
+  return eval_step
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every float in `tree` is finite (a scalar; checked before each checkpoint is written)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+class Evaluator:
+  """The eval of a run: the eval step over fixed eval batches, summed on the host, and the metrics the
+  trainer logs (and `bigjax eval` reports): `loss` (nats per target), `unigram_loss` (the floor from
+  `constants`, see `pipeline.eval_constants`), `accuracy`, and for text targets `bits_per_byte` and
+  `perplexity`. `keep_logits` also returns each batch's logits (classification's probabilities)."""
+
+  def __init__(self, module, mesh, rules, param_shardings, batches, constants: dict[str, float], *,
+               labels: bool = False, keep_logits: bool = False):
+    self.mesh, self.rules, self.batches, self.constants = mesh, rules, batches, constants
+    self.labels, self.keep_logits = labels, keep_logits
+    eval_step = make_eval_step(module)
+
+    def fn(params, batch):
+      if not keep_logits:
+        return eval_step(params, batch)
+      return eval_step(params, batch), logits(module, params, batch, deterministic=True)
+
+    self._fn = jax.jit(fn, in_shardings=(param_shardings, partitioning.batch_sharding(mesh)),
+                       out_shardings=partitioning.replicated(mesh))
+
+  def compile(self, params) -> None:
+    """Compiles ahead of time (on the first batch's shapes); eval batches all share them."""
+    with partitioning.activate(self.mesh, self.rules):
+      self._fn = self._fn.lower(params, partitioning.global_batch(self.batches[0], self.mesh)).compile()
+
+  def sums(self, params):
+    """(sum of target nats, of target weights, of weighted hits), and the logits of each batch."""
+    tot = cnt = hits = 0.0
+    kept = []
+    with partitioning.activate(self.mesh, self.rules):
+      for b in self.batches:
+        out = self._fn(params, partitioning.global_batch(b, self.mesh))
+        (s, c, h), lg = out if self.keep_logits else (out, None)
+        tot, cnt, hits = tot + float(s), cnt + float(c), hits + float(h)
+        if lg is not None:
+          kept.append(jax.device_get(lg))
+    return (tot, cnt, hits), kept
+
+  def metrics(self, tot: float, cnt: float, hits: float) -> dict[str, float]:
+    ref = self.constants
+    loss = tot / cnt
+    m = {"loss": loss, "unigram_loss": ref["unigram_nats"] / max(ref["tokens"], 1.0), "accuracy": hits / cnt}
+    if not self.labels:
+      m.update(bits_per_byte=tot / math.log(2) / max(ref["bytes"], 1.0), perplexity=math.exp(min(loss, 80.0)))
+    return m
+
+  def __call__(self, params) -> dict[str, float]:
+    (tot, cnt, hits), _ = self.sums(params)
+    return self.metrics(tot, cnt, hits)
