@@ -1,6 +1,7 @@
 r"""GPT chain: causal-LM pre-training on standard-library code, then perplexity on held-out functions and
 zero-/few-shot in-context classification of a function's package (no fine-tuning: each package name is
-scored as the continuation of k labelled examples and the query), against two baselines.
+scored as the continuation of k labelled examples and the query, in `stdlib_packages`' own template from
+`bigjax/data/tasks.py`: `<code>\n# package: <name>`), against two baselines.
 
 Run (from the repo root), in this order:
 

@@ -1,8 +1,10 @@
-"""bigjax.eval.baselines: majority, TF-IDF + logistic regression, copy-the-function-name."""
+"""bigjax.eval.baselines: majority, TF-IDF + logistic regression, copy-the-first-line; and the task table's
+own (bigjax.data.tasks): copy-the-function-name for stdlib_functions."""
 
 import numpy as np
 import pytest
 
+from bigjax.data import tasks
 from bigjax.eval import baselines
 
 
@@ -69,7 +71,25 @@ def test_tfidf_logreg_one_training_class_is_majority():
     ("x = compute(1)", ""),                                             # No function at all.
 ])
 def test_copy_function_name(code, summary):
-  assert baselines.copy_function_name(code) == summary
+  assert tasks.copy_function_name(code) == summary
+
+
+def test_copy_first_line():
+  assert baselines.copy_first_line("\n  \n  def f(x):  \n    return x\n") == "def f(x):"
+  assert baselines.copy_first_line("One line only.") == "One line only."
+  assert baselines.copy_first_line(" \n\t\n") == "" and baselines.copy_first_line("") == ""
+
+
+def test_task_table_keeps_the_stdlib_tasks_own_and_the_rest_generic():
+  functions, packages = tasks.for_source("stdlib_functions"), tasks.for_source("stdlib_packages")
+  assert functions.text_baselines == {"copy_function_name": tasks.copy_function_name}
+  assert packages.fewshot_template == "{text}\n# package: {label}\n\n"
+  assert packages.fewshot_keys == ("code", "package") and not packages.text_baselines
+  # Anything else, a path to the same records included, gets the generic defaults only.
+  for source in ("tfds:imdb_reviews", "/data/functions/*.jsonl", "stdlib_code", ""):
+    generic = tasks.for_source(source)
+    assert generic == tasks.Task() and not generic.text_baselines
+    assert generic.fewshot_template is None and generic.fewshot_keys is None
 
 
 def test_evaluate_helpers():
@@ -83,5 +103,10 @@ def test_evaluate_helpers():
   assert results["tfidf_logreg"]["accuracy"] == 1.0 and results["tfidf_logreg"]["roc_auc"] == 1.0
   records = [{"code": "def read_header_line(f):\n    pass", "summary": "Read header line."},
              {"code": "def close(self):\n    pass", "summary": "Close the file."}]
-  text = baselines.evaluate_summary_baseline(records)
-  assert text["exact_match"] == 50.0 and text["count"] == 2
+  text = baselines.evaluate_text_baselines(records, "code", "summary")
+  assert set(text) == {"copy_first_line"} and text["copy_first_line"]["exact_match"] == 0.0
+  text = baselines.evaluate_text_baselines(records, "code", "summary",
+                                           {"first": baselines.copy_first_line,
+                                            **tasks.for_source("stdlib_functions").text_baselines})
+  assert list(text) == ["first", "copy_function_name"]
+  assert text["copy_function_name"]["exact_match"] == 50.0 and text["copy_function_name"]["count"] == 2

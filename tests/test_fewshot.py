@@ -1,19 +1,25 @@
 """bigjax.eval.fewshot: continuation scores against a token-by-token reference, prompts, demonstration draws,
-a tiny decoder trained on a labelled pattern and classified in context, and the one-line errors."""
+a tiny decoder trained on a labelled pattern and classified in context, the templates (generic, and the
+stdlib_packages task's own) and the one-line errors."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from bigjax import config as config_lib
 from bigjax.eval import fewshot
 from bigjax import models
 from bigjax import train
 from bigjax.config import ConfigError
+from bigjax.data import tasks
 from bigjax.data import tokenizer as tokenizer_lib
+
+PACKAGES = tasks.TASKS["stdlib_packages"].fewshot_template  # "{text}\n# package: {label}\n\n"
 
 
 def reference_score(apply, params, prompt, cont, max_len):
@@ -61,13 +67,21 @@ def test_scores_equal_token_by_token_reference():
 def test_build_prompt_and_continuations():
   demos = [{"code": "def f():\n  pass", "package": "os"}, {"code": "x = 1", "package": "email"}]
   query = {"code": "import re", "package": "json"}
+  # The generic default, for any task.
   prompt = fewshot.build_prompt(demos, query, text_key="code", label_key="package")
+  assert prompt == ("def f():\n  pass\nLabel: os\n\n"
+                    "x = 1\nLabel: email\n\n"
+                    "import re\nLabel:")
+  assert "json" not in prompt  # The query's own label never enters its prompt.
+  assert fewshot.continuation("json") == " json\n"
+  # The stdlib_packages task's own: a Python comment names the package.
+  prompt = fewshot.build_prompt(demos, query, text_key="code", label_key="package", template=PACKAGES)
   assert prompt == ("def f():\n  pass\n# package: os\n\n"
                     "x = 1\n# package: email\n\n"
                     "import re\n# package:")
-  assert "json" not in prompt  # The query's own label never enters its prompt.
-  assert fewshot.continuation("json") == " json\n"
-  assert fewshot.build_prompt([], query, text_key="code", label_key="package") == "import re\n# package:"
+  assert fewshot.continuation("json", PACKAGES) == " json\n"
+  assert fewshot.build_prompt([], query, text_key="code", label_key="package",
+                              template=PACKAGES) == "import re\n# package:"
   template = "Text: {text}\nLabel:  {label}!\n---\n"
   assert fewshot.build_prompt(demos[1:], query, text_key="code", label_key="package", template=template) == (
       "Text: x = 1\nLabel:  email!\n---\nText: import re\nLabel:")
@@ -126,7 +140,7 @@ def pattern_run(tmp_path_factory):
   rng = np.random.default_rng(0)
   train_records, val_records = _pattern_records(400, rng), _pattern_records(40, rng)
   corpus = root / "corpus.txt"
-  corpus.write_text("".join(fewshot.DEFAULT_TEMPLATE.format(text=r["code"], label=r["package"])
+  corpus.write_text("".join(PACKAGES.format(text=r["code"], label=r["package"])
                             for r in train_records))
   task = root / "task"
   task.mkdir()
@@ -146,7 +160,7 @@ def pattern_run(tmp_path_factory):
 def test_trained_decoder_classifies_in_context(pattern_run):
   workdir, task = pattern_run
   result = fewshot.evaluate(workdir, task, text_key="code", label_key="package", ks=(1, 4),
-                            max_text_tokens=16)
+                            max_text_tokens=16, template=PACKAGES)
   assert result["labels"] == list(LABELS) and result["count"] == 40 and result["context"] == 64
   assert result["majority"]["accuracy"] <= 0.6  # The prior is about even: chance is 0.5.
   one, four = result["k"][1], result["k"][4]
@@ -158,7 +172,7 @@ def test_trained_decoder_classifies_in_context(pattern_run):
   # The per-token option ranks the same here (both labels' continuations are 7 bytes) and
   # max_examples samples the eval records.
   small = fewshot.evaluate(workdir, task, text_key="code", label_key="package", ks=(1,), max_examples=10,
-                           max_text_tokens=16, normalize="per_token")
+                           max_text_tokens=16, normalize="per_token", template=PACKAGES)
   assert small["count"] == 10 and small["k"][1]["accuracy"] >= 0.7
   assert "majority" in fewshot.summary(small)
 
@@ -168,7 +182,8 @@ def test_unconditional_scores_divide_by_the_answer_context(pattern_run):
   assert saved["step"] == 100 and mcfg.family == "decoder"
   records = [{"code": f"x{i} = {label}({10 + i})", "package": label} for i, label in enumerate(LABELS * 2)]
   pred, probs, info = fewshot.classify(mcfg, params, tok, records, records, text_key="code", label_key="package",
-                                       labels=LABELS, k=1, normalize="unconditional", return_info=True)
+                                       labels=LABELS, k=1, normalize="unconditional", template=PACKAGES,
+                                       return_info=True)
   context = tok.encode(["\n# package:"])[0]  # The template's query part with an empty text.
   alone = fewshot.score_continuations(mcfg, params, [context, context], tok.encode([" alpha\n", " omega\n"]))
   np.testing.assert_allclose(info["unconditional"], alone, atol=1e-5)
@@ -199,3 +214,62 @@ def test_errors_are_one_line_config_errors(pattern_run, tmp_path):
   assert "\n" not in str(e.value)
   with pytest.raises(ConfigError, match="no config.json"):
     fewshot.evaluate(str(tmp_path / "nowhere"), task, text_key="code", label_key="package")
+
+
+def bigjax(*args):
+  return subprocess.run([sys.executable, "-m", "bigjax.main", *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_asks_an_unknown_source_for_its_fields_then_uses_the_generic_template(pattern_run):
+  workdir, task = pattern_run
+  r = bigjax("eval", "--workdir", workdir, "--fewshot", task)
+  errors = [line for line in r.stderr.splitlines() if line.startswith("bigjax: error:")]
+  assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert f"--fewshot={task}: no few-shot fields" in errors[0] and "--fewshot_keys TEXT,LABEL" in errors[0]
+  r = bigjax("eval", "--workdir", workdir, "--fewshot", task, "--fewshot_keys", "code")
+  assert r.returncode == 2 and "--fewshot_keys=code: give two field names" in r.stderr, r.stderr[-2000:]
+  r = bigjax("eval", "--workdir", workdir, "--fewshot", task, "--fewshot_keys", "code,package",
+             "--fewshot_template", "{label} then {text}")
+  assert r.returncode == 2 and "--fewshot_template='{label} then {text}': needs one {text}" in r.stderr
+  r = bigjax("eval", "--workdir", workdir, "--fewshot", task, "--fewshot_keys", "code,package", "--fewshot_k", "1",
+             "--max_examples", "4")
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(f"{workdir}/fewshot_results.json") as f:
+    saved = json.load(f)
+  assert saved["template"] == fewshot.DEFAULT_TEMPLATE and saved["count"] == 4
+  assert (saved["text_key"], saved["label_key"]) == ("code", "package")
+
+
+class _Asked(Exception):
+  pass
+
+
+def _asked(monkeypatch, *args):
+  """The arguments `bigjax eval --fewshot ...` passes to fewshot.evaluate (which stops it there)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from bigjax import main  # pylint: disable=g-import-not-at-top
+  asked = {}
+
+  def evaluate(workdir, source, **kwargs):
+    asked.update(kwargs, workdir=workdir, source=source)
+    raise _Asked  # Before any model is read: only the arguments matter here.
+
+  monkeypatch.setattr(fewshot, "evaluate", evaluate)
+  try:
+    with pytest.raises(_Asked):
+      main.main(["bigjax", "eval", "--workdir", "w", *args])
+  finally:
+    flags.FLAGS.unparse_flags()
+  return asked
+
+
+def test_cli_gives_stdlib_packages_its_own_template_and_fields(monkeypatch):
+  # As before the task table: "# package:", code → package.
+  asked = _asked(monkeypatch, "--fewshot", "stdlib_packages")
+  assert asked["source"] == "stdlib_packages" and asked["template"] == "{text}\n# package: {label}\n\n"
+  assert (asked["text_key"], asked["label_key"]) == ("code", "package")
+  # The flags still win; \\n on the command line is a newline.
+  asked = _asked(monkeypatch, "--fewshot", "stdlib_packages", "--fewshot_keys", "summary,package",
+                 "--fewshot_template", "Code: {text}\\nPackage: {label}\\n\\n")
+  assert asked["template"] == "Code: {text}\nPackage: {label}\n\n" and asked["text_key"] == "summary"

@@ -3,33 +3,27 @@
 Classification (labels are any hashable values; probability columns follow a fixed `labels` order):
   majority       always the most frequent training label; probabilities = the training label prior
   tfidf_logreg   TF-IDF of identifiers and identifier pieces + multinomial logistic regression
-Summarisation (code → one-line summary):
-  copy_function_name   the name of the function defined in the code, as a sentence
+Text to text (any input → any target):
+  copy_first_line      the input's first non-blank line, stripped, as the prediction
+plus the task's own (`bigjax.data.tasks.TASKS`: for `stdlib_functions`, `copy_function_name`).
 
-`evaluate_classification_baselines` and `evaluate_summary_baseline` score them on JSONL-style
+`evaluate_classification_baselines` and `evaluate_text_baselines` score them on JSONL-style
 records with `bigjax.eval.metrics`.
 """
 
 from __future__ import annotations
 
-import ast
 import collections
 import re
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from bigjax.data import tasks
 from bigjax.eval import metrics
 
 # Identifiers (and numbers) as whole tokens: `read_header_line`, `self`, `__init__`, `0x1f`.
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+"
-# The words inside an identifier: snake_case parts, then CamelCase humps (acronyms kept whole).
-_WORD = re.compile(r"[A-Z]{2,}(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
-
-
-def identifier_words(name: str) -> list[str]:
-  """`parseHTTPResponse_v2` → ["parse", "HTTP", "Response", "v2"]."""
-  return [w for part in name.split("_") for w in _WORD.findall(part)]
 
 
 def _label_order(train_labels: Sequence[Hashable], labels: Sequence[Hashable] | None) -> list:
@@ -72,7 +66,7 @@ def _vectorizer():
 def _identifier_pieces(code: str) -> list[str]:
   """The lower-cased words inside each identifier (`readHeader` → read, header): shared vocabulary
   between differently-spelt names. A module-level function, so the vectorizer pickles."""
-  return [w.lower() for name in re.findall(IDENTIFIER, code) for w in identifier_words(name)]
+  return [w.lower() for name in re.findall(IDENTIFIER, code) for w in tasks.identifier_words(name)]
 
 
 def tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[Hashable],
@@ -109,31 +103,13 @@ def _py(x):
   return x.item() if isinstance(x, np.generic) else x
 
 
-def _function_name(code: str) -> str | None:
-  """The name of the first function defined in `code` (by position), or None."""
-  try:
-    tree = ast.parse(code)
-  except (SyntaxError, ValueError):
-    found = re.search(r"^\s*(?:async\s+)?def\s+([A-Za-z_][A-Za-z0-9_]*)", code, re.MULTILINE)
-    return found.group(1) if found else None
-  defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-  return min(defs, key=lambda n: (n.lineno, n.col_offset)).name if defs else None
+def copy_first_line(text: str) -> str:
+  """The generic text_to_text baseline: the input's first non-blank line, stripped ("" if none).
 
-
-def copy_function_name(code: str) -> str:
-  """The summarisation baseline: the defined function's name as a sentence.
-
-  `def read_header_line(...)` → "Read header line."; `parseHTTPResponse` → "Parse HTTP response."
-  (acronyms keep their capitals); `__init__` → "Init.". The code is parsed with `ast` (decorators,
-  `async def` and methods included); code that does not parse falls back to the first `def` line.
-  "" when no function is found.
-  """
-  name = _function_name(code)
-  words = identifier_words(name) if name else []
-  if not words:
-    return ""
-  words = [w if len(w) > 1 and w.isupper() else w.lower() for w in words]
-  return " ".join([words[0][0].upper() + words[0][1:]] + words[1:]) + "."
+  Copying the input is what a model that learnt nothing but to echo would score; its first line rather
+  than all of it, because targets are mostly short (a summary, an answer, a label) and a whole input
+  scores mainly its length (the lead-1 baseline of summarisation)."""
+  return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def evaluate_classification_baselines(train: Sequence[dict], eval_records: Sequence[dict],
@@ -158,23 +134,25 @@ def evaluate_classification_baselines(train: Sequence[dict], eval_records: Seque
   return results
 
 
-def evaluate_summary_baseline(records: Sequence[dict], code_key: str = "code",
-                              summary_key: str = "summary") -> dict[str, Any]:
-  """`bigjax.eval.metrics.text` of `copy_function_name` on each record's code against its summary."""
-  return metrics.text([copy_function_name(r[code_key]) for r in records],
-                      [r[summary_key] for r in records])
+def evaluate_text_baselines(records: Sequence[dict], text_key: str, target_key: str,
+                            predictors: Mapping[str, Callable[[str], str]] | None = None) -> dict[str, dict[str, Any]]:
+  """{name: `bigjax.eval.metrics.text`} of each predictor (input text → prediction) on `records` against
+  their targets; `predictors` defaults to the generic `copy_first_line`."""
+  predictors = {"copy_first_line": copy_first_line} if predictors is None else predictors
+  targets = [r[target_key] for r in records]
+  return {name: metrics.text([f(r[text_key]) for r in records], targets) for name, f in predictors.items()}
 
 
-def run(config, workdir: str, *, max_examples: int = 0, seed: int = 0) -> dict[str, Any]:
+def run(config, workdir: str, *, max_examples: int = 0, seed: int = 0,
+        task: tasks.Task | None = None) -> dict[str, Any]:
   """The baselines of a run config's task on its eval split, written to `workdir/eval_results.json`
   (and, for classification, the TF-IDF model's confusion matrix to `workdir/confusion_matrix.png`).
 
   classification: majority class and TF-IDF + logistic regression, trained on the train split;
-  text_to_text: copying the function name (`copy_function_name`) as the summary. `max_examples` (0 = all)
-  keeps the first N eval records, the ones `bigjax eval --max_examples N` scores."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
+  text_to_text: `copy_first_line`, then `task`'s own `text_baselines` (default: the task table's entry for
+  `data.source`, `bigjax.data.tasks.for_source`; a path has none). `max_examples` (0 = all) keeps the
+  first N eval records, the ones `bigjax eval --max_examples N` scores."""
+  from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from bigjax.config import ConfigError  # pylint: disable=g-import-not-at-top
   from bigjax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
 
@@ -207,12 +185,12 @@ def run(config, workdir: str, *, max_examples: int = 0, seed: int = 0) -> dict[s
     out["baselines"] = evaluate_classification_baselines(train, eval_records, d.text_key, d.target_key, labels,
                                                          seed=seed)
     metrics.plot_confusion(out["baselines"]["tfidf_logreg"]["confusion"], labels,
-                           epath.Path(workdir) / "confusion_matrix.png", title="TF-IDF + logistic regression")
+                           workdir_lib.path(workdir) / "confusion_matrix.png", title="TF-IDF + logistic regression")
   else:
-    out["baselines"] = {"copy_function_name": evaluate_summary_baseline(eval_records, d.text_key, d.target_key)}
-  os.makedirs(workdir, exist_ok=True)
-  path = epath.Path(workdir) / "eval_results.json"
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
+    task = tasks.for_source(d.source) if task is None else task
+    out["baselines"] = evaluate_text_baselines(eval_records, d.text_key, d.target_key,
+                                               {"copy_first_line": copy_first_line, **task.text_baselines})
+  root = workdir_lib.path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_json(root / "eval_results.json", out)
   return out

@@ -1,14 +1,17 @@
 """Zero- and few-shot classification in context with a trained decoder, as GPT-2 and GPT-3 evaluate.
 
 No training: each label is a continuation of a prompt, and the label whose continuation the language
-model finds most likely is the prediction. For code → package the prompt is k demonstrations drawn from
-the train split, then the query (`DEFAULT_TEMPLATE`):
+model finds most likely is the prediction. The prompt is k demonstrations drawn from the train split,
+then the query, in a template; the generic one (`DEFAULT_TEMPLATE`, for any task) is
 
-    <code of demonstration 1>
-    # package: email
+    <text of demonstration 1>
+    Label: positive
                                     ← one blank line between demonstrations
-    <code of the query>
-    # package:                      ← the prompt ends here; each label's continuation is " {label}\\n"
+    <text of the query>
+    Label:                          ← the prompt ends here; each label's continuation is " {label}\\n"
+
+and a task may have its own (`bigjax.data.tasks.TASKS`: `stdlib_packages` writes "# package:", a Python
+comment, where this writes "Label:").
 
 Pieces, each usable on its own:
   score_continuations   log P(continuation | prompt) in nats, summed over the continuation's tokens, in
@@ -28,7 +31,7 @@ Choices (GPT-3, section 2 and appendix G, unless said):
     which removes the bias against labels of many tokens). `probs` is the softmax of the scores over
     the candidate labels (with "sum", the model's distribution restricted to the labels; with
     "per_token", a normalised score). `"unconditional"` subtracts the label's log-probability after
-    the answer context alone (the template's query part with an empty text, "\n# package:"): log
+    the answer context alone (the template's query part with an empty text, "\nLabel:"): log
     P(label | prompt) / P(label | answer context), GPT-3's choice for ARC, OpenBookQA and RACE, which
     removes the model's prior preference for some labels (as contextual calibration does, Zhao et al.
     2021). The prediction is the argmax (ties: the earlier label).
@@ -46,7 +49,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import zlib
 from typing import Any, Mapping, Sequence
 
@@ -57,10 +59,11 @@ import numpy as np
 from bigjax.eval import metrics
 from bigjax.config import ConfigError, ModelConfig
 
-# A demonstration: the text, then a comment line naming its label, then a blank line. The query is
-# the same with the label (and everything after it) left out; see `build_prompt`. Templates are
-# `str.format` patterns with one {text} before one {label} (other braces written doubled).
-DEFAULT_TEMPLATE = "{text}\n# package: {label}\n\n"
+# A demonstration: the text, then a line naming its label, then a blank line. The query is the same
+# with the label (and everything after it) left out; see `build_prompt`. Templates are `str.format`
+# patterns with one {text} before one {label} (other braces written doubled). Generic, for any task: a
+# task's own template is in `bigjax.data.tasks.TASKS`.
+DEFAULT_TEMPLATE = "{text}\nLabel: {label}\n\n"
 NORMALIZATIONS = ("sum", "per_token", "unconditional")
 _LENGTH_BUCKET = 32  # Padded lengths are multiples of this (few compiled shapes, little padding).
 
@@ -162,7 +165,7 @@ def _split_template(template: str) -> tuple[str, str]:
 def build_prompt(examples: Sequence[Mapping[str, Any]], query: Mapping[str, Any], *, text_key: str,
                  label_key: str, template: str = DEFAULT_TEMPLATE) -> str:
   """The prompt: each example as `template.format(text=..., label=...)`, then the query's text in the
-  template up to its `{label}`, without trailing spaces (default: "<code>\\n# package:").
+  template up to its `{label}`, without trailing spaces (default: "<text>\\nLabel:").
 
   The candidate continuations are `continuation(label, template)` (default: " <label>\\n").
   `query[label_key]` is not read: the query's label never enters its prompt.
@@ -306,30 +309,19 @@ def _read_records(source: str, split: str, keys: Sequence[str], key_settings: di
 
 def load_decoder(workdir: str):
   """(ModelConfig, params, tokenizer, saved config dict) of a decoder workdir's latest checkpoint."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from bigjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from bigjax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  root = epath.Path(workdir)
-  if not (root / "config.json").exists():
-    raise ConfigError(f"--workdir={workdir}: not a bigjax workdir (no config.json)")
-  saved = json.loads((root / "config.json").read_text())
-  mcfg = config_lib.model_config(ml_collections.ConfigDict(saved))
+  saved = workdir_lib.require_config(workdir)
+  mcfg = workdir_lib.model_config(saved)
   if mcfg.family != "decoder":
     raise ConfigError(f"--workdir={workdir} holds a model.family={mcfg.family!r} model; in-context "
                       "classification needs a decoder (model.family='decoder')")
-  tok_name = saved.get("data", {}).get("tokenizer", "")
+  tok_name = workdir_lib.tokenizer_name(saved)
   if not tok_name:
-    raise ConfigError(f"--workdir={workdir}: its config.json names no data.tokenizer")
+    raise ConfigError(f"--workdir={workdir}: its config.json names no tokenizer of ours (a converted model?); "
+                      "fine-tune it first, or use a workdir trained with data.tokenizer")
   tokenizer = tokenizer_lib.load(tok_name)
-  ckpt = ckpt_lib.Checkpointer(str(root), read_only=True)
-  step = ckpt.latest_step()
-  if step is None:
-    ckpt.close()
-    raise ConfigError(f"--workdir={workdir}: no complete checkpoint")
-  params = ckpt.restore_params(step, ckpt.param_metadata(step))
-  ckpt.close()
+  params, step, *_ = workdir_lib.latest_params(workdir, mcfg)
   return mcfg, params, tokenizer, dict(saved, step=step)
 
 
