@@ -70,7 +70,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     run = setup(config, workdir)
     try:
       state, position = restore_or_init(run)
-      return loop(run, state, position, preemption)
+      return loop(run, state, position, compile_steps(run, state), preemption)
     finally:
       run.ckpt.close()
 
@@ -196,6 +196,34 @@ def init_from(source: str, mcfg, fresh_params, shardings, tokenizer: str | None 
   return flax.traverse_util.unflatten_dict({n: loaded.get(n, leaf) for n, leaf in ours.items()}, sep="/")
 
 
+# --------------------------------------------------------------------------------------- compile
+
+@dataclasses.dataclass
+class Compiled:
+  step: Any  # (state, global batch) -> (state, metrics); the state is donated.
+  evaluator: steps.Evaluator
+  params_finite: Any  # params -> bool scalar, checked before each save.
+
+
+def compile_steps(run: Run, state: steps.TrainState) -> Compiled:
+  """The train step and the evaluator, jitted with explicit shardings and compiled ahead of time."""
+  config, mesh, data, sh = run.config, run.mesh, run.data, run.abstract.shardings
+  constants = pipeline.eval_constants(config, data, run.mcfg, data.eval_global)
+  with partitioning.activate(mesh, run.rules):
+    t0 = time.time()
+    step_fn = jax.jit(steps.make_train_step(run.abstract.module, run.abstract.tx, optim.schedule(config),
+                                            config.train.seed, config.train.grad_accum_steps,
+                                            config.train.on_nonfinite),
+                      in_shardings=(sh, partitioning.batch_sharding(mesh)),
+                      out_shardings=(sh, partitioning.replicated(mesh)), donate_argnums=0)
+    step_fn = step_fn.lower(state, partitioning.global_batch(data.train.example_batch(), mesh)).compile()
+    evaluator = steps.Evaluator(run.abstract.module, mesh, run.rules, sh.params, data.eval, constants,
+                                labels=bool(data.labels))
+    evaluator.compile(state.params)
+    log(f"bigjax: compiled train and eval steps in {time.time() - t0:.1f}s")
+  return Compiled(step_fn, evaluator, jax.jit(steps.all_finite))
+
+
 # ------------------------------------------------------------------------------------------ loop
 
 class _FiniteWatch:
@@ -228,28 +256,15 @@ class _FiniteWatch:
     self.pending.clear()
 
 
-def loop(run: Run, state: steps.TrainState, position, preemption: ckpt_lib.Preemption) -> dict[str, Any]:
+def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
+         preemption: ckpt_lib.Preemption) -> dict[str, Any]:
+  """Steps to train.steps: logs every train.log_every, evaluates (and samples) every train.eval_every,
+  checkpoints every train.checkpoint_every and at the end, and stops cleanly on a preemption notice."""
   config, mcfg, mesh, data, ckpt = run.config, run.mcfg, run.mesh, run.data, run.ckpt
-  tok, sh = data.tokenizer, run.abstract.shardings
+  tok = data.tokenizer
   start, total = int(state.step), config.train.steps
-
-  # Compile the step and the evaluator ahead of time.
+  step_fn, evaluator = compiled.step, compiled.evaluator
   example = data.train.example_batch()
-  constants = pipeline.eval_constants(config, data, mcfg, data.eval_global)
-  with partitioning.activate(mesh, run.rules):
-    t0 = time.time()
-    step_fn = jax.jit(steps.make_train_step(run.abstract.module, run.abstract.tx, optim.schedule(config),
-                                            config.train.seed, config.train.grad_accum_steps,
-                                            config.train.on_nonfinite),
-                      in_shardings=(sh, partitioning.batch_sharding(mesh)),
-                      out_shardings=(sh, partitioning.replicated(mesh)), donate_argnums=0)
-    step_fn = step_fn.lower(state, partitioning.global_batch(example, mesh)).compile()
-    evaluator = steps.Evaluator(run.abstract.module, mesh, run.rules, sh.params, data.eval, constants,
-                                labels=bool(data.labels))
-    evaluator.compile(state.params)
-    log(f"bigjax: compiled train and eval steps in {time.time() - t0:.1f}s")
-    check_params = jax.jit(steps.all_finite)
-
   writer = workdir_lib.MetricsWriter(run.workdir, start, enabled=jax.process_index() == 0)
   sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
   sampler = decode.make_sampler(mcfg, sample_len, config.train.sample_temperature, config.train.sample_top_k,
@@ -332,7 +347,7 @@ def loop(run: Run, state: steps.TrainState, position, preemption: ckpt_lib.Preem
       window_t, window_steps = time.time(), 0  # Eval time is not training throughput.
     if do_save and step > saved_step:
       with partitioning.activate(mesh, run.rules):
-        if not bool(check_params(state.params)):
+        if not bool(compiled.params_finite(state.params)):
           ckpt.wait()
           raise FloatingPointError(f"params are not finite after step {step} although its loss is; not "
                                    f"saved (checkpoints kept: {ckpt.all_steps() or 'none'})")

@@ -1,4 +1,5 @@
-"""Test set-up: 8 fake CPU devices (before JAX is imported) and a private TFDS data dir."""
+"""Test set-up: 8 fake CPU devices (before JAX is imported), a private TFDS data dir and a persistent
+compilation cache shared by the tests and their subprocesses."""
 
 import os
 import tempfile
@@ -10,6 +11,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Embedded corpora and token caches are prepared once per test session in a temporary data dir,
 # unless the caller points TFDS_DATA_DIR somewhere (CI reuses one across runs this way).
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(tempfile.gettempdir(), "bigjax_test_tfds"))
+# JAX's persistent compilation cache, for this process and every subprocess a test starts (they inherit
+# the environment): the suite compiles the same tiny models' steps many times over. Every program is
+# cached (no minimum compile time or size); the key covers the program, the flags and the jax version.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bigjax_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # noqa: E402
 

@@ -254,27 +254,24 @@ def test_accumulated_run_equals_the_plain_run(text_file, finished, tmp_path):
                              rtol=1e-5)
 
 
-def test_bfloat16_tracks_float32_on_the_quickstart(tmp_path):
-  import runpy
-  quick = runpy.run_path(os.path.join(REPO, "experiments", "quickstart.py"))["get_config"]()
-  quick.train.steps, quick.train.log_every, quick.train.eval_every = 10, 1, 10
-  quick.train.checkpoint_every, quick.train.num_samples, quick.data.eval_batches = 10, 0, 1
-  quick.data.batch_size = 8  # Half the quickstart's batch: bfloat16 matmuls are slow on a CPU.
-  quick.mesh.num_devices = 1
+def test_bfloat16_tracks_float32(text_file, tmp_path):
+  """bfloat16 compute (float32 params, optimizer state, softmax and loss) on the tiny model: measured
+  per-step |Δloss| 1.6e-4 over 12 steps, eval 2e-5 (the quickstart's: 0.011 over 30 steps)."""
   runs = {}
   for dtype in ("float32", "bfloat16"):
-    quick.model.dtype = dtype
-    out = train.train(quick, str(tmp_path / dtype))
+    out = train.train(tiny_config(text_file, **{"model.dtype": dtype, "train.steps": 12, "train.eval_every": 12,
+                                                "train.checkpoint_every": 12, "train.num_samples": 0,
+                                                "data.eval_batches": 1}), str(tmp_path / dtype))
     runs[dtype] = (np.array(list(losses_by_step(tmp_path / dtype).values())), out["eval_loss"])
   (l32, e32), (l16, e16) = runs["float32"], runs["bfloat16"]
   assert l32[-1] < l32[0] - 0.3  # It learns.
-  # Measured: per-step differences up to 0.011 in 30 steps at batch 16, eval 0.006; 0.002 in 10 at batch 8.
-  assert np.max(np.abs(l16 - l32)) < 0.02 and abs(e16 - e32) < 0.02, (l16 - l32, e16, e32)
+  assert np.max(np.abs(l16 - l32)) < 0.01 and abs(e16 - e32) < 0.01, (l16 - l32, e16, e32)
+  assert np.any(l16 != l32)  # The compute really was bfloat16.
   # Parameters and optimizer state stay float32.
   ck = ckpt_lib.Checkpointer(str(tmp_path / "bfloat16"))
-  dtypes = {str(m.dtype) for m in jax.tree_util.tree_leaves(ck.param_metadata(10))}
+  dtypes = {str(m.dtype) for m in jax.tree_util.tree_leaves(ck.state_metadata(12)) if hasattr(m, "dtype")}
   ck.close()
-  assert dtypes == {"float32"}
+  assert dtypes == {"float32", "int32"}  # int32: the step counter and the optimizer's count.
 
 
 def test_best_checkpoint_is_kept_besides_the_latest(text_file, tmp_path):
