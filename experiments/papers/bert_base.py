@@ -8,12 +8,11 @@ Run (from the repo root; the tokenizer first, then the two phases of the paper):
   bigjax train --config experiments/papers/bert_base.py --workdir workdirs/bert_base
   bigjax train --config experiments/papers/bert_base.py:phase2 --workdir workdirs/bert_base_phase2
 
-Plan the memory first (no accelerator needed; `--config.data.tokenizer=byte` lets the planner run
-before the tokenizer is trained: it reads the tokenizer only for its special ids, the shapes are the
-same):
+Plan the memory first (no accelerator needed, and from the config alone: the tokenizer it names need
+not exist yet, the planner takes its shapes from model.vocab_size):
 
-  bigjax plan --config experiments/papers/bert_base.py --config.data.tokenizer=byte --topology v4-8 --mesh 4,1,1
-  bigjax plan --config experiments/papers/bert_base.py:phase2 --config.data.tokenizer=byte --topology v4-8 --mesh 4,1,1
+  bigjax plan --config experiments/papers/bert_base.py --topology v4-8 --mesh 4,1,1
+  bigjax plan --config experiments/papers/bert_base.py:phase2 --topology v4-8 --mesh 4,1,1
 
 The paper's hyper-parameters (A.2) and this config:
 

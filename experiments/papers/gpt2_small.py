@@ -8,10 +8,10 @@ Run (from the repo root; the tokenizer first):
       --out tokenizers/webtextlike_bpe50k.model
   bigjax train --config experiments/papers/gpt2_small.py --workdir workdirs/gpt2_small
 
-Plan the memory first (no accelerator needed; `--config.data.tokenizer=byte` lets the planner run
-before the tokenizer is trained: the shapes do not depend on it):
+Plan the memory first (no accelerator needed, and from the config alone: the tokenizer it names need
+not exist yet, the planner takes its shapes from model.vocab_size):
 
-  bigjax plan --config experiments/papers/gpt2_small.py --config.data.tokenizer=byte --topology v4-32 --mesh 16,1,1
+  bigjax plan --config experiments/papers/gpt2_small.py --topology v4-32 --mesh 16,1,1
 
 Hyper-parameters, and where each comes from:
 

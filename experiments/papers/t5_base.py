@@ -7,11 +7,11 @@ budget of the released T5-base checkpoint (Sec. 3.7):
   bigjax train --config experiments/papers/t5_base.py --workdir workdirs/t5_base
   bigjax train --config experiments/papers/t5_base.py:released --workdir workdirs/t5_base_released
 
-Plan the memory first (no accelerator needed; `--config.data.tokenizer=byte` keeps the planner offline:
-it reads the tokenizer only for its special ids, the shapes are the same):
+Plan the memory first (no accelerator needed, and from the config alone: the tokenizer it names need
+not exist yet, the planner takes its shapes from model.vocab_size):
 
-  bigjax plan --config experiments/papers/t5_base.py --config.data.tokenizer=byte --topology v4-8 --mesh 4,1,1
-  bigjax plan --config experiments/papers/t5_base.py:released --config.data.tokenizer=byte --topology v4-16 --mesh 8,1,1
+  bigjax plan --config experiments/papers/t5_base.py --topology v4-8 --mesh 4,1,1
+  bigjax plan --config experiments/papers/t5_base.py:released --topology v4-16 --mesh 8,1,1
 
 The paper's hyper-parameters and this config:
 

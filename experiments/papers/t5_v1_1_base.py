@@ -8,11 +8,11 @@ the budget of the released t5.1.1 base checkpoint (1,000,000 steps):
   bigjax train --config experiments/papers/t5_v1_1_base.py --workdir workdirs/t5_v1_1_base
   bigjax train --config experiments/papers/t5_v1_1_base.py:released --workdir workdirs/t5_v1_1_base_released
 
-Plan the memory first (no accelerator needed; `--config.data.tokenizer=byte` keeps the planner offline:
-it reads the tokenizer only for its special ids, the shapes are the same):
+Plan the memory first (no accelerator needed, and from the config alone: the tokenizer it names need
+not exist yet, the planner takes its shapes from model.vocab_size):
 
-  bigjax plan --config experiments/papers/t5_v1_1_base.py --config.data.tokenizer=byte --topology v4-8 --mesh 4,1,1
-  bigjax plan --config experiments/papers/t5_v1_1_base.py:released --config.data.tokenizer=byte --topology v4-16 --mesh 8,1,1
+  bigjax plan --config experiments/papers/t5_v1_1_base.py --topology v4-8 --mesh 4,1,1
+  bigjax plan --config experiments/papers/t5_v1_1_base.py:released --topology v4-16 --mesh 8,1,1
 
 The hyper-parameters and this config:
 
