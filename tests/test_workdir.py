@@ -4,6 +4,7 @@ atomic writes, config.json checks."""
 import json
 import os
 
+import chex
 import flax
 import jax
 import numpy as np
@@ -44,16 +45,14 @@ def test_latest_params_in_either_layout_equal_the_checkpoint(text_file, runs):
     assert own.step == 3 and own.model_config.scan_layers == saved_scan and not own.fresh and not own.unused
     for want_scan in (False, True):
       got = workdir.latest_params(runs[saved_scan], _mcfg(text_file, **{"model.scan_layers": want_scan}))
-      shapes = {k: v.shape for k, v in flat(steps.abstract_params(
-          _mcfg(text_file, **{"model.scan_layers": want_scan}))).items()}
-      assert {k: v.shape for k, v in flat(got.params).items()} == shapes  # The caller's layout.
+      # The caller's layout: the tree and every shape of that model's params.
+      chex.assert_trees_all_equal_shapes_and_dtypes(
+          got.params, steps.abstract_params(_mcfg(text_file, **{"model.scan_layers": want_scan})))
       # Converting back gives exactly the stored arrays.
       from bigjax.models import layout
       back = layout.scan_params(jax.device_get(got.params)) if saved_scan and not want_scan else (
           layout.unscan_params(jax.device_get(got.params)) if want_scan and not saved_scan else got.params)
-      stored = flat(own.params)
-      for k, v in flat(back).items():
-        np.testing.assert_array_equal(np.asarray(v), np.asarray(stored[k]), err_msg=k)
+      chex.assert_trees_all_equal(jax.device_get(back), jax.device_get(own.params))
 
 
 def test_latest_params_land_on_the_callers_shardings(text_file, runs):
