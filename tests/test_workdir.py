@@ -7,7 +7,6 @@ import os
 import chex
 import flax
 import jax
-import numpy as np
 import pytest
 
 from conftest import tiny_config
