@@ -50,6 +50,7 @@ import glob as globlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -257,14 +258,25 @@ def _prepared(make):
   """The builder `make()` returns, prepared: one process prepares while the others wait on a lock in the
   data dir, then read what it wrote (TFDS alone lets each prepare and collide on the final rename)."""
   builder = make()
-  if builder.is_prepared():
+  if _is_prepared(builder):
     return builder
   lock = os.path.join(str(builder.data_dir_root), ".bigjax_locks", builder.info.full_name.replace("/", "-") + ".lock")
   with file_lock(lock):
     builder = make()  # Anew: a builder reads what is on disk when it is made.
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
       builder.download_and_prepare()
   return builder
+
+
+def _is_prepared(builder) -> bool:
+  # TFDS warns "Variant folder ... has no dataset_info.json" for a config not prepared yet: the very question.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    return builder.is_prepared()
+  finally:
+    absl_logger.setLevel(level)
 
 
 def _tfds_named(name: str, data_dir_: str | None):
