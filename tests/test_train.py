@@ -2,12 +2,16 @@
 
 import json
 import os
+import shutil
 
+import flax
+import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_config
 from bigjax import train
+from bigjax import workdir as workdir_lib
 from bigjax.config import ConfigError
 
 
@@ -17,6 +21,42 @@ def read_metrics(workdir, split="train"):
   return [r for r in rows if r["split"] == split]
 
 
+def flat_params(tree):
+  return flax.traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+
+
+def eval_in_numpy(config, workdir):
+  """(loss, accuracy) of `workdir`'s latest params on `config`'s eval batches, from the model's logits in
+  numpy (float64 log-softmax, weighted by each target's weight): the trainer's eval, recomputed."""
+  from bigjax import config as config_lib, models, steps  # pylint: disable=g-import-not-at-top
+  from bigjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  params = workdir_lib.latest_params(workdir).params
+  module = models.build(config_lib.model_config(config))
+  apply = jax.jit(lambda p, b: steps.logits(module, p, b, deterministic=True))
+  nll = hits = count = 0.0
+  for b in pipeline.build(config).eval:
+    logits = np.asarray(apply(params, b), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    w = b["weights"]
+    nll -= np.sum(w * np.take_along_axis(logp, b["targets"][..., None], -1)[..., 0])
+    hits += np.sum(w * (logits.argmax(-1) == b["targets"]))
+    count += np.sum(w)
+  assert count > 0
+  return nll / count, hits / count
+
+
+def cut_after(workdir, step):
+  """`workdir` as if its run had stopped after `step`: later checkpoints and metrics lines never happened."""
+  for s in os.listdir(os.path.join(workdir, "checkpoints")):
+    if s.isdigit() and int(s) > step:
+      shutil.rmtree(os.path.join(workdir, "checkpoints", s))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    kept = [line for line in f if json.loads(line)["step"] <= step]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(kept)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(text_file, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
@@ -24,7 +64,7 @@ def uninterrupted(text_file, tmp_path_factory):
   return workdir, out
 
 
-def test_workdir_records_the_run(uninterrupted):
+def test_workdir_records_the_run(text_file, uninterrupted):
   workdir, out = uninterrupted
   for name in ("config.json", "metrics.jsonl", "samples.txt", "checkpoints", "tensorboard"):
     assert os.path.exists(os.path.join(workdir, name)), name
@@ -34,16 +74,35 @@ def test_workdir_records_the_run(uninterrupted):
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   assert set(rows[0]) == {"step", "split", "loss", "learning_rate", "grad_norm", "tokens_per_s", "step_time_s",
                           "tflops_per_device", "mfu"}
-  assert all(r["tflops_per_device"] > 0 and 0 < r["mfu"] for r in rows)
+  # Speed from its definitions: 8 x 32 tokens a step; model FLOPs by hand (nanoGPT's 6N + 12·L·H·Q·T per
+  # token, N = 2 layers of 4·32² + 2·32·64 weights and the 264 x 32 output layer); MFU over the device peak.
+  from bigjax import throughput
+  n_weights = 2 * (4 * 32 * 32 + 2 * 32 * 64) + 264 * 32
+  flops = (6 * n_weights + 12 * 2 * 4 * 8 * 32) * 8 * 32
+  peak, _ = throughput.peak_flops_per_device(jax.devices()[0], "float32")  # Measured once per process.
+  for r in rows:
+    assert r["step_time_s"] > 0
+    assert r["tokens_per_s"] * r["step_time_s"] == pytest.approx(8 * 32, rel=1e-9)
+    assert r["tflops_per_device"] * 1e12 * r["step_time_s"] == pytest.approx(flops, rel=1e-9)
+    assert r["mfu"] == pytest.approx(r["tflops_per_device"] * 1e12 / peak, rel=1e-9)
   evals = read_metrics(workdir, "eval")
   assert [r["step"] for r in evals] == [3, 6]
   assert set(evals[0]) == {"step", "split", "loss", "unigram_loss", "bits_per_byte", "perplexity", "accuracy"}
   assert rows[-1]["loss"] < rows[0]["loss"]  # It learns.
   e = evals[-1]
-  assert e["perplexity"] == pytest.approx(np.exp(e["loss"]))
-  # Byte tokens: one token is one byte, so bits/byte is loss / ln 2 up to the EOS targets.
-  assert e["bits_per_byte"] == pytest.approx(e["loss"] / np.log(2), rel=0.05)
-  assert 0 < e["unigram_loss"] < np.log(264)
+  assert e["perplexity"] == pytest.approx(np.exp(e["loss"]), rel=1e-12)
+  # The eval targets from the file itself: byte b is id b + 3, each split's text ends with EOS (id 1); the
+  # last 5% of lines are validation, cut into windows of 33 tokens 32 apart, the first 2 x 8 evaluated.
+  lines = open(text_file, encoding="utf-8").read().splitlines(keepends=True)
+  ids = lambda text: np.append(np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64) + 3, 1)
+  train_ids, val_ids = ids("".join(lines[:-len(lines) // 20])), ids("".join(lines[-len(lines) // 20:]))
+  targets = np.concatenate([val_ids[32 * k + 1:32 * k + 33] for k in range(16)])
+  # Bits/byte: the loss's nats over the bytes the targets stand for (EOS stands for none).
+  assert e["bits_per_byte"] == pytest.approx(e["loss"] * targets.size / np.log(2) / np.sum(targets >= 3),
+                                             rel=1e-9)
+  # The unigram floor: the targets' mean nats under the train ids' add-one-smoothed frequencies.
+  counts = np.bincount(train_ids, minlength=264) + 1.0
+  assert e["unigram_loss"] == pytest.approx(-np.mean(np.log(counts / counts.sum())[targets]), rel=1e-9)
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["model"]["d_model"] == 32 and saved["train"]["steps"] == 6
   samples = open(os.path.join(workdir, "samples.txt")).read()
@@ -53,47 +112,31 @@ def test_workdir_records_the_run(uninterrupted):
 
 def test_resume_is_exact_and_continues(text_file, uninterrupted, tmp_path):
   full_dir, _ = uninterrupted
-  workdir = str(tmp_path / "resumed")
-  train.train(tiny_config(text_file, **{"train.steps": 3}), workdir)
-  first = read_metrics(workdir)
-  assert [r["step"] for r in first] == [1, 2, 3]
-  train.train(tiny_config(text_file, **{"train.steps": 5}), workdir)
-  rows = read_metrics(workdir)
-  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # Continues past the last step.
-
-  # An interruption after step 3: the step-6 checkpoint and the lines after step 3 never happened.
-  interrupted = str(tmp_path / "interrupted")
-  cfg = tiny_config(text_file)
-  train.train(cfg, interrupted)
-  import shutil
-  shutil.rmtree(os.path.join(interrupted, "checkpoints", "6"))
-  with open(os.path.join(interrupted, "metrics.jsonl")) as f:
-    kept = [line for line in f if json.loads(line)["step"] <= 3]
-  with open(os.path.join(interrupted, "metrics.jsonl"), "w") as f:
-    f.writelines(kept)
-  train.train(cfg, interrupted)
-  resumed = [r["loss"] for r in read_metrics(interrupted)]
   straight = [r["loss"] for r in read_metrics(full_dir)]
-  assert resumed == straight  # Bit for bit.
+  # An interruption after step 3: the straight run's workdir without its step-6 checkpoint and the lines
+  # after step 3 (what the same run stopped there would have left: runs are deterministic).
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(full_dir, workdir)
+  cut_after(workdir, 3)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
+  train.train(tiny_config(text_file, **{"train.steps": 5}), workdir)  # Resumed, to step 5 only ...
+  assert [r["loss"] for r in read_metrics(workdir)] == straight[:5]  # ... bit for bit (the horizon is pinned).
+  train.train(tiny_config(text_file), workdir)  # The finished run's target raised: it trains on past step 5.
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert [r["loss"] for r in rows] == straight  # Bit for bit.
 
 
 def test_one_device_and_eight_devices_agree(text_file, uninterrupted, tmp_path):
+  """The trainer on a (2, 2, 2) mesh (sharded state, batch from process-local rows) gives the one-device
+  losses; every family on five meshes is tests/test_meshes.py, resuming on a mesh the family test below."""
   full_dir, _ = uninterrupted
   import jax
   assert jax.device_count() == 8
   one = [r["loss"] for r in read_metrics(full_dir)]  # tiny_config runs on 1 device.
-  for shape in [(8, 1, 1), (2, 2, 2)]:
-    workdir = str(tmp_path / ("mesh" + "".join(map(str, shape))))
-    train.train(tiny_config(text_file, **{"mesh.shape": shape, "mesh.num_devices": 0}), workdir)
-    many = [r["loss"] for r in read_metrics(workdir)]
-    np.testing.assert_allclose(many, one, rtol=1e-5)
-  # Stopped after step 3 on the (2, 2, 2) mesh and resumed there: bit-identical to the mesh's own run.
-  part = str(tmp_path / "mesh_part")
-  on_mesh = {"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}
-  # The first part names the whole run's schedule horizon (else it would be its own 3 steps, pinned).
-  train.train(tiny_config(text_file, **on_mesh, **{"train.steps": 3, "optim.decay_steps": 6}), part)
-  train.train(tiny_config(text_file, **on_mesh), part)
-  assert [r["loss"] for r in read_metrics(part)] == many
+  workdir = str(tmp_path / "mesh222")
+  train.train(tiny_config(text_file, **{"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}), workdir)
+  np.testing.assert_allclose([r["loss"] for r in read_metrics(workdir)], one, rtol=1e-5)
 
 
 def test_workdir_of_another_shape_is_refused_and_kept(text_file, uninterrupted):
@@ -106,15 +149,27 @@ def test_workdir_of_another_shape_is_refused_and_kept(text_file, uninterrupted):
   assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
 
 
-def test_init_from_loads_params_and_checks_shapes(text_file, uninterrupted, tmp_path):
+def test_init_from_loads_params_and_checks_shapes(text_file, uninterrupted, tmp_path, monkeypatch):
   src, _ = uninterrupted
+  started = {}  # What train.init_from hands the run (its step-0 state, never saved), copied as returned.
+  real = train.init_from
+  monkeypatch.setattr(train, "init_from", lambda *a, **kw: started.update(flat_params(p := real(*a, **kw))) or p)
   workdir = str(tmp_path / "finetune")
   out = train.train(tiny_config(text_file, **{"train.init_from": src, "train.steps": 1,
                                               "train.eval_every": 1}), workdir)
+  # The same model: every parameter starts at the source's latest (step 6) params, bit for bit.
+  theirs = flat_params(workdir_lib.latest_params(src).params)
+  assert sorted(started) == sorted(theirs)
+  for name in theirs:
+    np.testing.assert_array_equal(started[name], theirs[name], err_msg=name)
   scratch = [r["loss"] for r in read_metrics(src)][0]
-  # Step 1 from pre-trained params has a much lower loss than step 1 from scratch.
+  # And the run used them: step 1 from pre-trained params has a much lower loss than step 1 from scratch.
   assert read_metrics(workdir)[0]["loss"] < scratch - 0.3
-  assert np.isfinite(out["eval_loss"])
+  # Its eval: the logged line, and recomputed from the step-1 checkpoint's logits.
+  logged = read_metrics(workdir, "eval")[-1]
+  assert (out["eval_loss"], out["eval_accuracy"]) == (logged["loss"], logged["accuracy"])
+  loss, accuracy = eval_in_numpy(tiny_config(text_file), workdir)
+  assert (out["eval_loss"], out["eval_accuracy"]) == (pytest.approx(loss, rel=1e-5), pytest.approx(accuracy, abs=1e-12))
   with pytest.raises(ConfigError, match="token_embed"):
     train.train(tiny_config(text_file, **{"train.init_from": src, "model.vocab_size": 300}),
                 str(tmp_path / "bad"))
@@ -138,31 +193,27 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_family_trains_resumes_exactly_and_agrees_across_meshes(text_file, tmp_path, family):
-  cfg = lambda **kw: tiny_config(text_file, **{**FAMILIES[family], "train.steps": 4, "train.eval_every": 4,
-                                               "train.checkpoint_every": 2, "optim.decay_steps": 4, **kw})
+def test_every_family_trains_and_resumes_exactly_on_a_mesh(text_file, tmp_path, family):
+  """On a (2, 2, 2) mesh (that meshes agree is tests/test_meshes.py): stopped after step 2 and resumed, the
+  losses are bit-identical to the straight run's; a one-device scanned model fine-tunes from the
+  mesh-trained unscanned checkpoint (layout and shardings convert on load)."""
+  on_mesh = {"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}
+  cfg = lambda **kw: tiny_config(text_file, **{**FAMILIES[family], **on_mesh, "train.steps": 4,
+                                               "train.eval_every": 4, "train.checkpoint_every": 2,
+                                               "optim.decay_steps": 4, **kw})
   full = str(tmp_path / "full")
   out = train.train(cfg(), full)
   losses = [r["loss"] for r in read_metrics(full)]
-  assert losses[-1] < losses[0] and np.isfinite(out["eval_loss"])
+  assert losses[-1] < losses[0]
+  assert out["eval_loss"] == read_metrics(full, "eval")[-1]["loss"]
   assert not os.path.exists(os.path.join(full, "samples.txt"))  # Only language models sample.
-  # Stopped after step 2, resumed: bit-identical losses.
   part = str(tmp_path / "part")
   train.train(cfg(**{"train.steps": 2}), part)
   train.train(cfg(), part)
   assert [r["loss"] for r in read_metrics(part)] == losses
-  # Eight devices on a (2, 2, 2) mesh: the same losses; stopped and resumed there, bit-identical to it.
-  on_mesh = {"mesh.shape": (2, 2, 2), "mesh.num_devices": 0}
-  mesh = str(tmp_path / "mesh")
-  train.train(cfg(**on_mesh), mesh)
-  np.testing.assert_allclose([r["loss"] for r in read_metrics(mesh)], losses, rtol=1e-5)
-  mesh_part = str(tmp_path / "mesh_part")
-  train.train(cfg(**on_mesh, **{"train.steps": 2}), mesh_part)
-  train.train(cfg(**on_mesh), mesh_part)
-  assert [r["loss"] for r in read_metrics(mesh_part)] == [r["loss"] for r in read_metrics(mesh)]
-  # Fine-tuning a scanned model (blocks under nn.scan) from the unscanned run: layouts convert on load.
   tuned = str(tmp_path / "tuned")
-  train.train(cfg(**{"model.scan_layers": True, "train.init_from": full, "train.steps": 1}), tuned)
+  train.train(cfg(**{"model.scan_layers": True, "train.init_from": full, "train.steps": 1, "mesh.shape": (1, 1, 1),
+                     "mesh.num_devices": 1}), tuned)
   assert read_metrics(tuned)[0]["loss"] < losses[0] - 0.1
 
 
@@ -198,9 +249,16 @@ def test_text_to_text_packed_trains_and_resumes_exactly(labelled_files, tmp_path
   full = str(tmp_path / "full")
   out = train.train(cfg(), full)
   losses = [r["loss"] for r in read_metrics(full)]
-  assert losses[-1] < losses[0] and 0 <= out["eval_accuracy"] <= 1
-  part = str(tmp_path / "part")
-  train.train(cfg(**{"train.steps": 2}), part)
+  assert losses[-1] < losses[0]
+  logged = read_metrics(full, "eval")[-1]
+  assert (out["eval_loss"], out["eval_accuracy"]) == (logged["loss"], logged["accuracy"])
+  # Recomputed from the step-4 params' logits on the eval batches (unpacked records, teacher-forced).
+  loss, accuracy = eval_in_numpy(cfg(), full)
+  assert out["eval_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+  assert out["eval_loss"] == pytest.approx(loss, rel=1e-5)
+  part = str(tmp_path / "part")  # Stopped after step 2: the straight run's workdir as it was then.
+  shutil.copytree(full, part)
+  cut_after(part, 2)
   from bigjax import checkpoint
   meta = checkpoint.Checkpointer(part).restore_meta(2)
   assert meta["data"]["position"]["next_example"] > 2 * 8  # Packed: more examples than rows (batch 8).
@@ -218,7 +276,10 @@ def test_classification_and_prefix_lm_train(labelled_files, text_file, tmp_path)
   out = train.train(cfg, str(tmp_path / "cls"))
   ev = read_metrics(str(tmp_path / "cls"), "eval")[-1]
   assert ev["unigram_loss"] == pytest.approx(np.log(3), rel=0.02)  # Balanced labels: the prior is log 3.
-  assert set(ev) == {"step", "split", "loss", "unigram_loss", "accuracy"} and 0 <= out["eval_accuracy"] <= 1
+  assert set(ev) == {"step", "split", "loss", "unigram_loss", "accuracy"}
+  assert (out["eval_loss"], out["eval_accuracy"]) == (ev["loss"], ev["accuracy"])
+  loss, accuracy = eval_in_numpy(cfg, str(tmp_path / "cls"))  # From the label logits of the 2 x 8 records.
+  assert (ev["loss"], ev["accuracy"]) == (pytest.approx(loss, rel=1e-5), pytest.approx(accuracy, abs=1e-12))
   with pytest.raises(ConfigError, match="model.num_labels=2"):
     train.train(tiny_config(os.path.join(labelled_files, "*.csv"), **{
         **FAMILIES["encoder"], "model.encoder_head": "classifier", "model.num_labels": 3,
@@ -227,6 +288,9 @@ def test_classification_and_prefix_lm_train(labelled_files, text_file, tmp_path)
   with pytest.raises(ConfigError, match="data.target_key"):
     train.train(tiny_config(os.path.join(labelled_files, "*.csv"), **{"data.objective": "text_to_text"}),
                 str(tmp_path / "bad2"))
-  out = train.train(tiny_config(text_file, **{"data.objective": "prefix_lm", "train.steps": 2,
-                                              "train.eval_every": 2}), str(tmp_path / "prefix"))
-  assert np.isfinite(out["eval_loss"])
+  prefix = tiny_config(text_file, **{"data.objective": "prefix_lm", "train.steps": 2, "train.eval_every": 2})
+  out = train.train(prefix, str(tmp_path / "prefix"))
+  ev = read_metrics(str(tmp_path / "prefix"), "eval")[-1]
+  assert (out["eval_loss"], out["eval_accuracy"]) == (ev["loss"], ev["accuracy"])
+  loss, accuracy = eval_in_numpy(prefix, str(tmp_path / "prefix"))  # Split points seeded per eval window.
+  assert (ev["loss"], ev["accuracy"]) == (pytest.approx(loss, rel=1e-5), pytest.approx(accuracy, abs=1e-12))
