@@ -130,7 +130,11 @@ _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "eval: evaluate the firs
 _FEWSHOT = flags.DEFINE_string("fewshot", None, "eval: a labelled source (e.g. stdlib_packages) to classify in "
                                 "context with a decoder, instead of the run's own eval.")
 _FEWSHOT_K = flags.DEFINE_list("fewshot_k", ["0", "1", "4"], "eval --fewshot: demonstrations per query, a list.")
-_FEWSHOT_KEYS = flags.DEFINE_list("fewshot_keys", ["code", "package"], "eval --fewshot: the text and label fields.")
+_FEWSHOT_KEYS = flags.DEFINE_list("fewshot_keys", None, "eval --fewshot: the text and label fields, TEXT,LABEL "
+                                  "(default: the task's own, for a source in bigjax.data.tasks.TASKS).")
+_FEWSHOT_TEMPLATE = flags.DEFINE_string("fewshot_template", None, "eval --fewshot: the prompt of one demonstration, "
+                                        "{text} then {label}, \\n for a newline (default: the task's own, else "
+                                        "'{text}\\nLabel: {label}\\n\\n').")
 _EVAL_BATCH = flags.DEFINE_integer("batch_size", 0, "eval: examples per eval batch (0 = the run's data.batch_size).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train: HOST:PORT of process 0 in a multi-process "
                                    "run (with --num_processes and --process_id); unset under SLURM, mpirun and "
@@ -217,7 +221,8 @@ def _train(args: list[str]) -> None:
   # Before anything else touches JAX: the processes of a multi-host run join here.
   train.log("bigjax: " + partitioning.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                              _PROCESS_ID.value))
-  train.train(config, _WORKDIR.value)
+  with partitioning.on_lost_process():  # One of several processes dying ends the others with one line.
+    train.train(config, _WORKDIR.value)
 
 
 def _convert(args: list[str]) -> None:
@@ -282,23 +287,40 @@ def _eval(args: list[str]) -> None:
 
 
 def _fewshot() -> None:
+  """The task table (`bigjax.data.tasks`) gives a known source its fields and template; any other source
+  names its fields with --fewshot_keys and is prompted with the generic template unless --fewshot_template."""
   try:
     ks = [int(k) for k in _FEWSHOT_K.value]
   except ValueError:
     fail(f"--fewshot_k={','.join(_FEWSHOT_K.value)}: give whole numbers such as 0,1,4")
-  if any(k < 0 for k in ks) or len(_FEWSHOT_KEYS.value) != 2:
-    fail("--fewshot_k takes numbers >= 0 and --fewshot_keys two field names, TEXT,LABEL")
-  import json  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
+  if any(k < 0 for k in ks):
+    fail(f"--fewshot_k={','.join(_FEWSHOT_K.value)}: the numbers of demonstrations must be >= 0")
+  from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.for_source(_FEWSHOT.value)
+  keys = _FEWSHOT_KEYS.value or task.fewshot_keys
+  if not keys:
+    known = ", ".join(name for name, t in tasks.TASKS.items() if t.fewshot_keys)
+    fail(f"--fewshot={_FEWSHOT.value}: no few-shot fields are known for this source (known: {known}); give "
+         "them with --fewshot_keys TEXT,LABEL")
+  if len(keys) != 2:
+    fail(f"--fewshot_keys={','.join(keys)}: give two field names, TEXT,LABEL")
+  template = _FEWSHOT_TEMPLATE.value
+  if template is not None:
+    template = template.replace("\\n", "\n").replace("\\t", "\t")
+  from bigjax import workdir  # pylint: disable=g-import-not-at-top
   from bigjax.eval import fewshot  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
-  text_key, label_key = _FEWSHOT_KEYS.value
+  template = template or task.fewshot_template or fewshot.DEFAULT_TEMPLATE
+  try:
+    fewshot.continuation("x", template)
+  except ValueError:
+    fail(f"--fewshot_template={template!r}: needs one {{text}} and then one {{label}}")
+  text_key, label_key = keys
   out = fewshot.evaluate(_WORKDIR.value, _FEWSHOT.value, text_key=text_key, label_key=label_key, ks=ks,
                          split=_SPLIT.value if FLAGS["split"].present else "validation",
-                         max_examples=_MAX_EXAMPLES.value, batch_size=_EVAL_BATCH.value or 16)
-  path = epath.Path(_WORKDIR.value) / "fewshot_results.json"
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
-  tmp.replace(path)
+                         max_examples=_MAX_EXAMPLES.value, batch_size=_EVAL_BATCH.value or 16, template=template)
+  out.update(template=template, text_key=text_key, label_key=label_key)  # What was asked, beside the answer.
+  path = workdir.path(_WORKDIR.value) / "fewshot_results.json"
+  workdir.write_json(path, out)
   print(fewshot.summary(out))
   print(f"bigjax: wrote {path}")
 

@@ -7,9 +7,11 @@ This is the only module that knows about meshes. Models name their axes logicall
 * `fsdp`   — the batch is split *and* params / optimizer state are sharded along `embed`.
 * `tensor` — Megatron-style: heads, MLP hidden units and the vocabulary are split.
 
-Multi-host: `initialize_distributed` joins the processes of a run (before any other JAX call), and
-`check_batch` makes sure that each process's devices hold a share of the batch of its own, since
-every process reads only its rows of each global batch (`bigjax.data.pipeline`).
+Multi-host: `initialize_distributed` joins the processes of a run (before any other JAX call; with no
+flags JAX finds SLURM, Open MPI or Cloud TPU itself), `check_batch` makes sure that each process's devices
+hold a share of the batch of its own, since every process reads only its rows of each global batch
+(`bigjax.data.pipeline`), and `on_lost_process` ends the others in one line when one process dies mid-run.
+Public JAX APIs only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
+import subprocess
 import sys
 import threading
 from typing import Callable, Mapping, Sequence
@@ -30,6 +34,7 @@ import numpy as np
 from bigjax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+HEARTBEAT_TIMEOUT_S = 100  # JAX's default: a process silent this long is lost, and JAX ends the others.
 BATCH_AXES = ("data", "fsdp")
 
 RULES: tuple[tuple[str, object], ...] = (
@@ -102,6 +107,11 @@ def resolve_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int
 
 
 def make_mesh(shape: Sequence[int], num_devices: int = 0) -> Mesh:
+  """The (data, fsdp, tensor) mesh, laid onto the interconnect by `mesh_utils.create_device_mesh`.
+
+  Where that cannot map the shape onto the devices' topology (a TPU slice used in part, a shape that
+  would split a physical axis), the devices go in `jax.devices()` order: still correct, maybe slower
+  collectives, so process 0 prints a line that says so and why."""
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
@@ -110,8 +120,13 @@ def make_mesh(shape: Sequence[int], num_devices: int = 0) -> Mesh:
   shape = resolve_shape(shape, len(devices))
   try:
     arr = mesh_utils.create_device_mesh(shape, devices=devices)
-  except (ValueError, AssertionError, NotImplementedError):
+  except (ValueError, AssertionError, NotImplementedError) as e:
     arr = np.asarray(devices).reshape(shape)
+    if jax.process_index() == 0:
+      first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
+      print(f"bigjax: mesh {shape} over {len(devices)} {devices[0].platform} device(s) is in jax.devices() order, "
+            f"not laid out for the interconnect: mesh_utils.create_device_mesh refused it ({type(e).__name__}"
+            f"{': ' + first if first else ''}); collectives may be slower", flush=True)
   return Mesh(arr, MESH_AXES)
 
 
@@ -213,29 +228,38 @@ def unbox(tree):
 
 # ------------------------------------------------------------------------------------ multi-host
 
-def cluster_from_env(env: Mapping[str, str] | None = None) -> str | None:
-  """The multi-process launcher this process runs under, in words, or None.
+def launcher_from_env(env: Mapping[str, str] | None = None) -> str | None:
+  """The launcher whose variables are set, in words for the start-up line, or None.
 
-  Reads the variables that `jax.distributed.initialize()` fills its arguments from (jax/_src/clusters,
-  jax 0.10), and counts only clusters of more than one process, since one process needs no coordinator:
-  SLURM (SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID: what `srun`
-  sets), Open MPI's mpirun (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE) and Cloud TPU on GKE
-  (TPU_WORKER_HOSTNAMES or TPU_PROCESS_ADDRESSES, TPU_WORKER_ID; MEGASCALE_NUM_SLICES slices of them).
-  A Cloud TPU VM keeps its worker list in the GCE metadata server instead: see `_tpu_vm_processes`.
+  This only names it: `jax.distributed.initialize()` decides whether there is a cluster. JAX 0.10 tries, in
+  this order, Open MPI's mpirun (OMPI_MCA_orte_hnp_uri), SLURM's srun (SLURM_JOB_ID, SLURM_STEP_NODELIST,
+  SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID), Cloud TPU on GKE (TPU_PROCESS_ADDRESSES or
+  TPU_WORKER_HOSTNAMES, TPU_WORKER_ID), a Cloud TPU VM (its GCE metadata server: nothing in the
+  environment) and a Kubernetes Job (KUBERNETES_SERVICE_HOST, with the `kubernetes` package).
   """
   env = os.environ if env is None else env
-  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
-  if all(k in env for k in slurm) and _int(env["SLURM_NTASKS"]) > 1:
+  if "OMPI_MCA_orte_hnp_uri" in env:
+    return f"Open MPI (OMPI_COMM_WORLD_SIZE={env.get('OMPI_COMM_WORLD_SIZE', '?')})"
+  if all(k in env for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")):
     return f"SLURM job {env['SLURM_JOB_ID']} (SLURM_NTASKS={env['SLURM_NTASKS']})"
-  if "OMPI_MCA_orte_hnp_uri" in env and _int(env.get("OMPI_COMM_WORLD_SIZE", "")) > 1:
-    return f"Open MPI (OMPI_COMM_WORLD_SIZE={env['OMPI_COMM_WORLD_SIZE']})"
   name = next((k for k in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES") if k in env), None)
   if name:
     hosts = len([h for h in env[name].split(",") if h.strip()])
-    slices = max(_int(env.get("MEGASCALE_NUM_SLICES", "")), 1)
-    if hosts * slices > 1:
-      where = f"{name} lists {hosts} host{'s' * (hosts > 1)}" + (f" x {slices} slices" if slices > 1 else "")
-      return f"Cloud TPU ({where})"
+    slices = _int(env.get("MEGASCALE_NUM_SLICES", ""))
+    return f"Cloud TPU on GKE ({name} lists {hosts} host{'s' * (hosts != 1)}" + \
+        (f" x {slices} slices)" if slices > 1 else ")")
+  if "KUBERNETES_SERVICE_HOST" in env:
+    return "a Kubernetes Job (KUBERNETES_SERVICE_HOST)"
+  return None
+
+
+def _one_task(env: Mapping[str, str]) -> str | None:
+  """A launcher that states a single task, in words: JAX would join a one-process cluster and, on GPUs, keep
+  one device per task (SLURM_LOCALID), so such a run starts as the plain one process it is."""
+  if "OMPI_MCA_orte_hnp_uri" in env and env.get("OMPI_COMM_WORLD_SIZE") == "1":
+    return "Open MPI with OMPI_COMM_WORLD_SIZE=1"
+  if "SLURM_STEP_NODELIST" in env and env.get("SLURM_NTASKS") == "1" and "OMPI_MCA_orte_hnp_uri" not in env:
+    return f"SLURM job {env.get('SLURM_JOB_ID', '?')} with SLURM_NTASKS=1"
   return None
 
 
@@ -246,29 +270,14 @@ def _int(text: str) -> int:
     return 0
 
 
-def _tpu_vm_processes() -> str | None:
-  """A Cloud TPU VM of a multi-host slice, in words (None elsewhere): there the worker list is in the
-  GCE metadata server, not the environment, so ask JAX's own detection (one HTTP query on TPU VMs only)."""
-  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  if not cloud_tpu_init.running_in_cloud_tpu_vm:
-    return None
-  from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
-  gce = cloud_tpu_cluster.GceTpuCluster
-  try:
-    count = gce.get_process_count() if gce.is_env_present() else 1
-  except Exception as e:  # pylint: disable=broad-except  (network, metadata format, a JAX API change)
-    raise ConfigError(f"a Cloud TPU VM whose worker list could not be read ({type(e).__name__}: {e}); "
-                      "give --coordinator_address, --num_processes and --process_id") from None
-  return f"Cloud TPU VM ({count} workers in the GCE metadata)" if count > 1 else None
-
-
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, timeout_s: int = 300) -> str:
   """Joins this process to the others of its run; returns a line for the start-up log.
 
   Must run before any other JAX call (JAX fixes its device list when the backend starts). With all three
-  arguments the run was launched by hand or by a launcher JAX does not know; with none, a cluster in the
-  environment (`cluster_from_env`, or a multi-host Cloud TPU VM) gives them to JAX; else one process.
+  arguments the run was launched by hand or by a launcher JAX does not know. With none,
+  `jax.distributed.initialize()` looks for a cluster itself (SLURM, Open MPI, Cloud TPU, Kubernetes:
+  `launcher_from_env`); when it finds none, this is one process, and the line says so.
   """
   given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
            "--process_id": process_id}
@@ -278,12 +287,21 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                       "multi-process run needs all three of --coordinator_address HOST:PORT, --num_processes N "
                       "and --process_id I (or none: one process, or SLURM, mpirun or Cloud TPU set them)")
   if missing:
-    cluster = cluster_from_env() or _tpu_vm_processes()
-    if cluster is None:
-      return "1 process (no --coordinator_address, no multi-process cluster in the environment)"
-    _join(f"the environment of {cluster}", f"not every process of {cluster} joined within {timeout_s} s; "
-          "check that each one runs the same bigjax train command", timeout_s)
-    return f"process {jax.process_index()} of {jax.process_count()}, launched by {cluster}"
+    one = _one_task(os.environ)
+    if one:
+      return f"1 process (no --coordinator_address; {one}: no other process to join)"
+    launcher = launcher_from_env()
+    source = f"the environment of {launcher}" if launcher else "no flags (JAX's cluster detection)"
+    joined = _join(source, f"not every process of {launcher or 'the cluster JAX detected'} joined within "
+                   f"{timeout_s} s; check that each one runs the same bigjax train command", timeout_s, alone_ok=True)
+    if not joined:
+      seen = f"; {launcher} is named in the environment, but JAX found no cluster there" if launcher else ""
+      return ("1 process (no --coordinator_address, and jax.distributed.initialize found no SLURM, Open MPI, "
+              f"Cloud TPU or Kubernetes cluster{seen})")
+    if launcher is None:  # Nothing in the environment: on TPU, the GCE metadata server named the workers.
+      launcher = ("a Cloud TPU VM (workers from its GCE metadata)" if jax.devices()[0].platform == "tpu"
+                  else "the cluster jax.distributed.initialize detected")
+    return f"process {jax.process_index()} of {jax.process_count()}, launched by {launcher}"
   _check_flags(coordinator_address, num_processes, process_id)
   _join(f"--coordinator_address={coordinator_address} --num_processes={num_processes} --process_id={process_id}",
         f"not every process joined within {timeout_s} s; start all of them with the same --coordinator_address "
@@ -308,8 +326,9 @@ def _check_flags(coordinator_address: str, num_processes: int, process_id: int) 
                       f"--num_processes={num_processes}")
 
 
-def _join(source: str, on_timeout: str, timeout_s: int, **kwargs) -> None:
+def _join(source: str, on_timeout: str, timeout_s: int, *, alone_ok: bool = False, **kwargs) -> bool:
   """`jax.distributed.initialize(**kwargs)`, its failures as one line naming where its arguments came from.
+  Returns False when `alone_ok` and JAX, given no arguments, found no cluster to join (one process).
 
   JAX aborts the process from C++ (a stack dump, no Python exception) when not every process registers in
   time: a missing process, a wrong address, two processes with one --process_id, a coordinator expecting
@@ -323,15 +342,153 @@ def _join(source: str, on_timeout: str, timeout_s: int, **kwargs) -> None:
   watchdog.daemon = True
   watchdog.start()
   try:
-    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 30)
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 30,
+                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
   except Exception as e:  # pylint: disable=broad-except  (JAX raises ValueError, RuntimeError, XlaRuntimeError)
+    if alone_ok and _no_cluster(e):
+      return False
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     raise ConfigError(f"jax.distributed.initialize with {source} failed: {first[:300]}") from None
   finally:
     watchdog.cancel()
+  return True
+
+
+def _no_cluster(e: Exception) -> bool:
+  """JAX's "found no cluster" (jax 0.10: `ValueError('coordinator_address should be defined.')`), as opposed to
+  a cluster it found but could not join. Another wording in a later JAX fails loudly, never silently."""
+  return (isinstance(e, ValueError) and "coordinator_address" in str(e) and not jax.distributed.is_initialized()
+          and not os.environ.get("JAX_COORDINATOR_ADDRESS"))
 
 
 def _exit_with(message: str) -> None:
   """Ends the process from the watchdog thread (the main thread is blocked inside JAX's C++)."""
   print(f"bigjax: error: {message}", file=sys.stderr, flush=True)
   os._exit(2)  # pylint: disable=protected-access
+
+
+# ------------------------------------------------------------------------------ a process lost mid-run
+
+# What a collective (gloo, NCCL) or the coordination service raises when a peer went away.
+_PEER_LOST = re.compile(r"Connection (closed|reset) by peer|Broken pipe|remote process exited|"
+                        r"stopped sending heartbeats|Failed to send RPC to coordination service")
+
+
+@contextlib.contextmanager
+def on_lost_process():
+  """A process of the run that dies (SIGKILL, a crash, its host down) ends the others with one line naming it.
+
+  JAX notices it in two ways, neither a plain Python error: a collective waiting on the dead process hangs
+  until the coordination service misses its heartbeats (`HEARTBEAT_TIMEOUT_S`), and then, or at once when
+  the coordinator itself is gone, JAX ends every other process from C++ with a multi-line status and a
+  stack trace. So this process's stderr goes through `_STDERR_FILTER`, a small child process that passes
+  everything on but turns that ending into one line; a collective that does raise (gloo: "Connection
+  closed by peer") becomes one line here. Nothing is saved: no checkpoint can complete without the process.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  restore = _filter_stderr()
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if not _PEER_LOST.search(str(e)):
+      raise
+    me, count = jax.process_index(), jax.process_count()
+    lost = (f"process 0 of {count}, the coordinator," if "coordination service" in str(e) else
+            f"process {1 - me} of 2" if count == 2 else f"a process of the {count} (not {me})")
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
+    print(f"bigjax: error: {lost} was lost ({first}); {_AGAIN}", file=sys.stderr, flush=True)
+    restore()
+    os._exit(2)  # pylint: disable=protected-access  (JAX's shutdown would wait for the lost process)
+  finally:
+    restore()
+
+
+_AGAIN = ("the others stop too. Start every process again with the same command: the run resumes from its last "
+          "complete checkpoint")
+
+# Run as `python -S -c _STDERR_FILTER PROCESS_ID PROCESS_COUNT HEARTBEAT_S` with this process's stderr as its
+# stdin. Log lines of JAX's distributed runtime are held back for a second: if JAX's fatal "another task
+# died" follows, they, the status and the stack trace become one line; else they pass unchanged.
+_STDERR_FILTER = r"""
+import os, re, select, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Signals are for the trainer: this ends when its stderr closes.
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+me, count, heartbeat = sys.argv[1:4]
+runtime = re.compile(rb"[IWEF]\d{4} [\d:.]+ +\d+ (coordination_service|coordination_service_agent|"
+                     rb"preemption_sync_manager|client)\.(cc|h):\d+\]")
+out, held, since, fatal, said, rest = sys.stdout.buffer, [], 0.0, None, False, b""
+
+def lost(text):
+  m = re.search(r"stopped sending heartbeats\):(.*?)(The tasks have|\[type|$)", text, re.S)
+  ids = sorted({int(t) for t in re.findall(r"(?:task:)?(\d+)", m.group(1))}) if m else []
+  if ids:
+    return (f"process{'es' * (len(ids) > 1)} {', '.join(map(str, ids))} of {count} "
+            f"{'were' if len(ids) > 1 else 'was'} lost (no heartbeat for {heartbeat} s: killed, crashed or its "
+            "host unreachable)")
+  if "leader task" in text or "Failed to send RPC to coordination service" in text:
+    return f"process 0 of {count}, the coordinator, was lost or is unreachable"
+  status = text.split("absl::Status:", 1)[-1].strip().splitlines()
+  return f"JAX's distributed service stopped process {me} ({status[0][:200] if status else 'no status'})"
+
+while True:
+  wait = max(0.0, since + 1.0 - time.time()) if held and fatal is None else None
+  if not select.select([0], [], [], wait)[0]:
+    out.write(b"".join(held)); out.flush(); held = []
+    continue
+  chunk = os.read(0, 1 << 16)
+  if not chunk:
+    break
+  *lines, rest = (rest + chunk).split(b"\n")
+  for line in (l + b"\n" for l in lines):
+    if fatal is not None:
+      fatal.append(line)
+      if b"*** Check failure stack trace" in line and not said:
+        text = b"".join(fatal).decode(errors="replace")
+        out.write(f"bigjax: error: {lost(text)}; AGAIN\n".encode()); out.flush(); said = True
+    elif b"Terminating process because the JAX distributed service" in line:
+      fatal, held = held + [line], []
+    elif held or runtime.match(line):
+      since = since if held else time.time()
+      held.append(line)
+    else:
+      said = said or line.startswith(b"bigjax: error:")
+      out.write(line); out.flush()
+if fatal is not None and not said:
+  out.write(f"bigjax: error: {lost(b''.join(fatal).decode(errors='replace'))}; AGAIN\n".encode())
+out.write(b"".join(held) + rest); out.flush()
+""".replace("AGAIN", _AGAIN)
+
+
+def _filter_stderr() -> Callable[[], None]:
+  """Points fd 2 at `_STDERR_FILTER`; returns the function that points it back and waits for the filter."""
+  sys.stderr.flush()
+  try:
+    saved = os.dup(2)
+  except OSError:  # No stderr to filter.
+    return lambda: None
+  read, write = os.pipe()
+  try:
+    child = subprocess.Popen(
+        [sys.executable, "-S", "-c", _STDERR_FILTER, str(jax.process_index()), str(jax.process_count()),
+         str(HEARTBEAT_TIMEOUT_S)], stdin=read, stdout=saved, stderr=saved, close_fds=True, start_new_session=True)
+  except OSError:  # No interpreter to run it (an embedded Python): JAX's own ending stays as it is.
+    os.close(read), os.close(write), os.close(saved)
+    return lambda: None
+  os.dup2(write, 2)
+  os.close(read), os.close(write)
+  done = []
+
+  def restore() -> None:
+    if done:
+      return
+    done.append(True)
+    sys.stderr.flush()
+    os.dup2(saved, 2)  # The filter sees the end of its input, passes on what it holds, and exits.
+    os.close(saved)
+    try:
+      child.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # A child of ours still holds the old stderr: let the filter be.
+      pass
+  return restore

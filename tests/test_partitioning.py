@@ -81,3 +81,21 @@ def test_config_rules_override_the_defaults_and_bad_rules_are_named():
                                         r"rule maps"):
     partitioning.check_rules(abstract, without_mlp)
   partitioning.check_rules(abstract, partitioning.RULES)
+
+
+def test_a_mesh_that_cannot_follow_the_topology_says_so(monkeypatch, capsys):
+  """mesh_utils.create_device_mesh refuses shapes it cannot lay onto the interconnect (a TPU slice used in
+  part, a split physical axis): the mesh is then in jax.devices() order, and a start-up line says why."""
+  def refuse(shape, devices=None, **kwargs):
+    raise NotImplementedError("Failed to find assignment for logical_axis_index 1 of size 2 with remaining\n"
+                              "assignable mesh [2, 2, 1]")
+  monkeypatch.setattr(partitioning.mesh_utils, "create_device_mesh", refuse)
+  mesh = partitioning.make_mesh((2, 2, 2))
+  assert list(mesh.devices.flat) == jax.devices()[:8]  # Still a valid mesh of all the devices, in order.
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("bigjax: mesh (2, 2, 2) over 8 cpu device(s) is in jax.devices() "
+                                                 "order, not laid out for the interconnect"), lines
+  assert "NotImplementedError: Failed to find assignment for logical_axis_index 1" in lines[0]
+  monkeypatch.undo()
+  partitioning.make_mesh((2, 2, 2))
+  assert capsys.readouterr().out == ""  # A topology-aware mesh says nothing.
