@@ -172,7 +172,7 @@ class Throughput:
   tokens_per_step: int  # batch × seq_len, the input tokens, for every family (see `flops_per_token`).
   num_devices: int  # Devices the step runs on.
   peak_flops: float  # Peak FLOP/s of one device.
-  peak_source: str  # Where peak_flops came from ("H100/H200 SXM bfloat16 table", "measured ...").
+  peak_source: str  # Where peak_flops came from ("H100 SXM bfloat16 table", "measured ...").
 
   @classmethod
   def create(cls, mcfg: ModelConfig, batch_size: int, seq_len: int, target_len: int | None = None,

@@ -205,7 +205,7 @@ def test_throughput_create():
   meter = throughput.Throughput.create(cfg, 32, 1024, devices=[fake("NVIDIA H100 80GB HBM3")] * 4)
   assert meter.flops_per_step == 32 * 1024 * 854_438_400 and meter.tokens_per_step == 32 * 1024
   assert meter.num_devices == 4 and meter.peak_flops == 989.4e12
-  assert meter.peak_source == "H100/H200 SXM bfloat16 table"  # The model's compute dtype.
+  assert meter.peak_source == "H100 SXM bfloat16 table"  # The model's compute dtype.
   # At 40% MFU on 4 H100s a GPT-2 small step of 32 × 1024 tokens takes ~57 ms.
   seconds = 10 * meter.flops_per_step / (0.4 * 4 * 989.4e12)
   assert meter(10, seconds)["mfu"] == pytest.approx(0.4)
