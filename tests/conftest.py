@@ -68,3 +68,16 @@ def tiny_config(source: str, **overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+def cut_after(workdir, step: int) -> None:
+  """`workdir` as if its run had stopped after `step`: later checkpoints and metrics lines never happened."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  for name in os.listdir(os.path.join(workdir, "checkpoints")):
+    if name.isdigit() and int(name) > step:
+      shutil.rmtree(os.path.join(workdir, "checkpoints", name))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    kept = [line for line in f if json.loads(line)["step"] <= step]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(kept)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cut_after
 from bigjax import partitioning
 from bigjax.config import ConfigError
 
@@ -132,15 +132,9 @@ def losses(workdir: str, split: str = "train") -> dict[int, float]:
 
 
 def interrupted_copy(workdir: str, dest: str, step: int) -> str:
-  """The workdir as if the run had stopped after `step`: later checkpoints and metrics never happened."""
+  """A copy of the workdir as if the run had stopped after `step`."""
   shutil.copytree(workdir, dest)
-  for name in os.listdir(os.path.join(dest, "checkpoints")):
-    if name.isdigit() and int(name) > step:
-      shutil.rmtree(os.path.join(dest, "checkpoints", name))
-  with open(os.path.join(dest, "metrics.jsonl")) as f:
-    kept = [line for line in f if json.loads(line)["step"] <= step]
-  with open(os.path.join(dest, "metrics.jsonl"), "w") as f:
-    f.writelines(kept)
+  cut_after(dest, step)
   return dest
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import cut_after, tiny_config
 from bigjax import train
 from bigjax import workdir as workdir_lib
 from bigjax.config import ConfigError
@@ -44,17 +44,6 @@ def eval_in_numpy(config, workdir):
     count += np.sum(w)
   assert count > 0
   return nll / count, hits / count
-
-
-def cut_after(workdir, step):
-  """`workdir` as if its run had stopped after `step`: later checkpoints and metrics lines never happened."""
-  for s in os.listdir(os.path.join(workdir, "checkpoints")):
-    if s.isdigit() and int(s) > step:
-      shutil.rmtree(os.path.join(workdir, "checkpoints", s))
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    kept = [line for line in f if json.loads(line)["step"] <= step]
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-    f.writelines(kept)
 
 
 @pytest.fixture(scope="module")
