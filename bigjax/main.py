@@ -217,7 +217,7 @@ def _train(args: list[str]) -> None:
   if not _WORKDIR.value:
     fail("--workdir is required: the directory that records (and resumes) the run")
   from bigjax import partitioning  # pylint: disable=g-import-not-at-top  (heavy: JAX)
-  from bigjax import train  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
+  from bigjax import train  # pylint: disable=g-import-not-at-top  (heavy: JAX; TensorFlow once data is built)
   # Before anything else touches JAX: the processes of a multi-host run join here.
   train.log("bigjax: " + partitioning.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                              _PROCESS_ID.value))

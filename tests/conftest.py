@@ -81,3 +81,12 @@ def cut_after(workdir, step: int) -> None:
     kept = [line for line in f if json.loads(line)["step"] <= step]
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.writelines(kept)
+
+
+# Files whose tests share one long fixture (real multi-process runs) go first: with two workers taking a file
+# each, the long one then runs beside the rest of the suite instead of alone at its end.
+_FIRST = ("test_multihost.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument
+  items.sort(key=lambda item: os.path.basename(str(item.fspath)) not in _FIRST)  # Stable: order kept otherwise.
