@@ -32,6 +32,7 @@ from bigjax import steps
 from bigjax import throughput
 from bigjax import workdir as workdir_lib
 from bigjax.config import ConfigError
+from bigjax.data import pipeline
 
 _PROMPT_LEN = 16
 
@@ -96,8 +97,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                       f"{config.data.batch_size // partitioning.batch_divisor(mesh)}")
   rules = partitioning.rules_for(config.mesh.rules)
 
-  from bigjax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: only once the config,
-  # the workdir and the mesh are known to be right, so that a bad setting is reported in a second)
+  # The data is read only once the config, the workdir and the mesh are known to be right (a bad setting is
+  # reported in a second); TensorFlow loads only if a split must be tokenized (a cache miss).
   data = pipeline.build(config, jax.process_index(), jax.process_count())
   eval_names = ("loss", "accuracy") if data.labels else ("loss", "accuracy", "bits_per_byte", "perplexity")
   if config.train.best_metric and config.train.best_metric not in eval_names:
@@ -208,7 +209,6 @@ class Compiled:
 
 def compile_steps(run: Run, state: steps.TrainState) -> Compiled:
   """The train step and the evaluator, jitted with explicit shardings and compiled ahead of time."""
-  from bigjax.data import pipeline  # pylint: disable=g-import-not-at-top
   config, mesh, data, sh = run.config, run.mesh, run.data, run.abstract.shardings
   constants = pipeline.eval_constants(config, data, run.mcfg, data.eval_global)
   with partitioning.activate(mesh, run.rules):

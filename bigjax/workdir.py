@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import time
 from typing import Any, NamedTuple
 
 from etils import epath
@@ -191,8 +193,10 @@ class MetricsWriter:
   def __init__(self, workdir, resume_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     if self.enabled:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorBoard events)
-      self._tf = tf
+      # TensorBoard's own record format and protos, written through epath (no TensorFlow to import).
+      from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+      from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+      self._event = event_pb2.Event
       root = path(workdir)
       file = root / METRICS
       if file.exists():
@@ -201,16 +205,20 @@ class MetricsWriter:
         if len(kept) != len(lines):
           write_text(file, "".join(kept))
       self._file = file.open("a")
-      self._tb = tf.summary.create_file_writer(str(root / "tensorboard"))
+      events = root / "tensorboard" / f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
+      events.parent.mkdir(parents=True, exist_ok=True)
+      self._tb = record_writer.RecordWriter(events.open("wb"))
+      self._tb.write(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
 
   def write(self, step: int, split: str, values: dict[str, float]) -> None:
     if not self.enabled:
       return
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
     self._file.flush()
-    with self._tb.as_default(step=step):
-      for k, v in values.items():
-        self._tf.summary.scalar(f"{split}/{k}", v)
+    scalars = [summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in values.items()]
+    event = self._event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=scalars))
+    self._tb.write(event.SerializeToString())
     self._tb.flush()
 
   def close(self):

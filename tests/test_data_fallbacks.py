@@ -13,6 +13,7 @@ from conftest import REPO, tiny_config
 from bigjax import config as config_lib
 from bigjax import plan
 from bigjax.config import ConfigError
+from bigjax.data import embedded
 from bigjax.data import pipeline
 from bigjax.data import sources
 from bigjax.data import tokenizer as tokenizer_lib
@@ -89,7 +90,7 @@ def test_embedded_corpus_data_and_caches_follow_its_inputs(tmp_path, monkeypatch
   before = sources.describe("stdlib_code")
   monkeypatch.setattr(sources, "_stdlib_digest", lambda: "1" * 64)
   assert sources.describe("stdlib_code") != before
-  assert sources.StdlibCode(data_dir=dd).builder_config.name == sources.fingerprint("stdlib_code")
+  assert embedded.StdlibCode(data_dir=dd).builder_config.name == sources.fingerprint("stdlib_code")
 
 
 # ---- (6) Processes preparing the same data at once: one prepares, the others wait for it.

@@ -61,6 +61,29 @@ def test_iterator_equals_pure_function_of_step():
       np.testing.assert_array_equal(got[k], want[k])
 
 
+def test_batches_built_ahead_come_in_order_and_a_failure_raises_in_its_turn():
+  import threading  # pylint: disable=g-import-not-at-top
+  started, release = [], threading.Event()
+
+  def make(plan):
+    started.append(plan)
+    if plan == 2:
+      release.wait(10)  # The slowest batch: those after it are built meanwhile, yet come after it.
+    if plan == 6:
+      raise ValueError("batch 6 is bad")
+    return {"x": np.full(3, plan)}
+
+  it = pipeline.prefetched(make, iter(range(100)), lambda plan: {"next_example": plan + 1}, depth=3)
+  assert [int(next(it)[0]["x"][0]) for _ in range(2)] == [0, 1]
+  release.set()
+  got = [next(it) for _ in range(4)]
+  assert [(int(b["x"][0]), pos["next_example"]) for b, pos in got] == [(2, 3), (3, 4), (4, 5), (5, 6)]
+  with pytest.raises(ValueError, match="batch 6 is bad"):
+    next(it)
+  assert max(started) <= 6 + 3  # Never more than `depth` batches ahead.
+  it.close()
+
+
 @pytest.mark.parametrize("objective", [None, objectives.MaskedLM(16, 2000),
                                        objectives.SpanCorruption(24, 2000, eos_id=1, pad_id=0)])
 def test_processes_take_disjoint_rows_whose_union_is_the_global_batch(objective):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from bigjax.config import ConfigError
+from bigjax.data import embedded
 from bigjax.data import sources
 
 
@@ -30,7 +31,7 @@ def test_pydoc_prose_is_a_tfds_dataset_with_fixed_splits():
 def test_stdlib_code_split_is_by_file_hash():
   root = sysconfig.get_paths()["stdlib"]
   val = texts("stdlib_code", "validation")
-  ds = sources.StdlibCode().as_dataset(split="validation")
+  ds = embedded.StdlibCode().as_dataset(split="validation")
   paths = [ex["path"].decode() for ex in tfds.as_numpy(ds)]
   assert len(paths) == len(val) > 10
   assert all(zlib.crc32(p.encode()) % 100 < 3 for p in paths)

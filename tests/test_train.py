@@ -57,9 +57,17 @@ def test_workdir_records_the_run(text_file, uninterrupted):
   workdir, out = uninterrupted
   for name in ("config.json", "metrics.jsonl", "samples.txt", "checkpoints", "tensorboard"):
     assert os.path.exists(os.path.join(workdir, name)), name
-  assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "6"
   rows = read_metrics(workdir)
+  # TensorBoard reads the same scalars as metrics.jsonl, step by step.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  events.Reload()
+  for split in ("train", "eval"):
+    want = [(r["step"], r["loss"]) for r in read_metrics(workdir, split)]
+    got = [(e.step, e.value) for e in events.Scalars(f"{split}/loss")]
+    assert [s for s, _ in got] == [s for s, _ in want] and want
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   assert set(rows[0]) == {"step", "split", "loss", "learning_rate", "grad_norm", "tokens_per_s", "step_time_s",
                           "tflops_per_device", "mfu"}

@@ -1,9 +1,11 @@
-"""Input pipelines: sources → tokenizer → objective → batches (tf.data, numpy out).
+"""Input pipelines: sources → tokenizer → objective → batches (numpy out).
 
-Importing this package, or `objectives`, loads no TensorFlow: the planner needs only batch shapes, and
-TensorFlow takes seconds to import. The modules that read data (`sources`, `pipeline`, and `tokenizer`
-when it builds a tf.data encoder) load it through `import_tensorflow()`. Importing `sources` registers
-the embedded corpora as TFDS builders (`tfds.builder("stdlib_code")`).
+TensorFlow (tf.data, TFDS) reads and tokenizes a split once, into a token cache on disk; everything after
+that — windows, objectives, packing, batches built ahead in threads — is numpy. So importing this package
+or any of its modules loads no TensorFlow (it takes seconds): `import_tensorflow()` loads it when a split is
+read or tokenized (`sources.documents/records`, `pipeline.tokenize_*` on a cache miss,
+`Tokenizer.tf_encoder`), and a run whose caches exist, the planner and the CLI's other commands never do.
+The embedded corpora's TFDS builders are in `embedded`.
 """
 
 import contextlib

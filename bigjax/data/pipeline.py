@@ -1,4 +1,5 @@
-"""tf.data input pipeline: read → tokenize → objective → pack → batch → per-process rows → prefetch.
+"""Input pipeline: read → tokenize (tf.data, once, cached) → objective → pack → batch → per-process rows →
+built ahead in threads.
 
 Two kinds of stream, one rule for order. Window objectives (causal LM, masked LM, span corruption,
 prefix LM): a split is tokenized once (inside the tf.data graph, in parallel) into one token stream,
@@ -15,6 +16,10 @@ starts there (T5X checkpoints its iterator the same way). Every process computes
 plan and builds only its rows `[p * B/P, (p+1) * B/P)`, so no host coordinates with another and the
 union over processes is exactly the single-process batch.
 
+Only reading and tokenizing a split uses TensorFlow (tf.data's parallel map over the documents), and its
+result is a cache file: a run whose caches exist imports no TensorFlow. Batches are numpy, built ahead of
+the step that needs them by a small thread pool (numpy and the tokenizers release the GIL while they work).
+
 Batches are dicts of numpy arrays `[rows, ...]`: `inputs`, `targets`, `weights` (0 for padding; the
 loss is the weighted cross-entropy), and the model's other inputs (`segment_ids`, `positions`,
 `prefix_mask`, `attention_mask`, `decoder_input_ids`, `decoder_segment_ids`) where the objective has them.
@@ -22,12 +27,15 @@ loss is the weighted cross-entropy), and the model's other inputs (`segment_ids`
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -39,8 +47,8 @@ from bigjax.data import quiet_native_stderr
 from bigjax.data import sources
 from bigjax.data import tokenizer as tokenizer_lib
 
-tf, _ = import_tensorflow()
 _CACHE_VERSION = "v1"
+PREFETCH = 4  # Batches built ahead of the step that needs them.
 
 
 def _cache_dir(data_dir: str) -> str:
@@ -87,6 +95,7 @@ def tokenize_split(source: str, split: str, tok, *, data_dir: str = "", text_key
   path = os.path.join(_cache_dir(data_dir), hashlib.sha256(key.encode()).hexdigest()[:20] + ".npy")
 
   def make() -> np.ndarray:
+    tf, _ = import_tensorflow()
     docs = sources.documents(source, split, data_dir_=data_dir, text_key=text_key)
     eos = tf.constant([tok.eos_id], tf.int32)
     with quiet_native_stderr():  # The SentencePiece op logs its normaliser set-up from C++.
@@ -176,32 +185,29 @@ class TrainStream:
     return {"next_example": step * self.global_batch}
 
   def iterate(self, start_step: int, position: dict | None = None) -> Iterator[tuple[dict, dict]]:
-    """(batch, position after it) for steps start_step, start_step + 1, ..., prepared ahead by tf.data."""
+    """(batch, position after it) for steps start_step, start_step + 1, ..., built ahead in threads."""
     if position is not None and position.get("next_example") != start_step * self.global_batch:
       raise ValueError(f"data position {position} is not step {start_step}'s")
-    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(lambda s: {"step": s})
-    return _prefetched(lambda plan: self.batch(int(plan["step"])), steps, self.batch(start_step),
-                       lambda plan: self.position(int(plan["step"]) + 1))
+    return prefetched(self.batch, itertools.count(start_step), lambda step: self.position(step + 1))
 
 
-def _prefetched(make_batch, plans: tf.data.Dataset, example: dict, position_after):
-  """Batches built from `plans` (dicts of int64 tensors) in parallel, in order, prefetched by tf.data;
-  yields (batch, the data position after it)."""
-  keys = sorted(example)
-  specs = [tf.TensorSpec(example[k].shape, tf.as_dtype(example[k].dtype)) for k in keys]
-  plan_keys = sorted(plans.element_spec)
-
-  def make(*values):
-    b = make_batch(dict(zip(plan_keys, values)))
-    return tuple(b[k] for k in keys)
-
-  def build(plan):
-    xs = tf.numpy_function(make, [plan[k] for k in plan_keys], [sp.dtype for sp in specs], stateful=False)
-    return {k: tf.ensure_shape(x, sp.shape) for k, x, sp in zip(keys, xs, specs)}, plan
-
-  ds = plans.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  for batch, plan in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-    yield batch, position_after(plan)
+def prefetched(make_batch: Callable, plans: Iterable, position_after: Callable,
+               depth: int = PREFETCH) -> Iterator[tuple[dict, dict]]:
+  """(make_batch(plan), position_after(plan)) for each plan in order, up to `depth` batches built ahead by a
+  thread pool while the caller trains on the current one. A batch that fails raises here, in its turn."""
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="bigjax-batches")
+  pending = collections.deque()
+  try:
+    for plan in plans:  # Plans are cheap (indices): made here, in order; the batches in the pool.
+      pending.append((pool.submit(make_batch, plan), plan))
+      if len(pending) >= depth:
+        future, done = pending.popleft()
+        yield future.result(), position_after(done)
+    while pending:
+      future, done = pending.popleft()
+      yield future.result(), position_after(done)
+  finally:  # The caller stopped (or failed): drop the batches not started, never wait for the rest.
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def eval_batches(windows: Windows, objective, *, global_batch: int, num_batches: int, seed: int = 0,
@@ -321,22 +327,15 @@ class RecordStream:
   def iterate(self, start_step: int, position: dict | None = None) -> Iterator[tuple[dict, dict]]:
     """(batch, position after it) from `position` (a checkpoint's), else from step `start_step` replayed."""
     cursor = int(position["next_example"]) if position else self.cursor_at(start_step)
-    width = max(1, int(self.capacity.max()))  # No row holds more examples than tokens.
 
     def plans():
       c = cursor
       while True:
         rows, nxt = self.plan(c)
-        table = np.full((self.global_batch, width), -1, np.int64)
-        for r, row in enumerate(rows):
-          table[r, :len(row)] = row
-        yield {"rows": table, "next_example": np.int64(nxt)}
+        yield rows, nxt
         c = nxt
 
-    ds = tf.data.Dataset.from_generator(plans, output_signature={
-        "rows": tf.TensorSpec((self.global_batch, width), tf.int64), "next_example": tf.TensorSpec((), tf.int64)})
-    make = lambda plan: self.build([[int(g) for g in row if g >= 0] for row in plan["rows"]])
-    return _prefetched(make, ds, self.example_batch(), lambda plan: {"next_example": int(plan["next_example"])})
+    return prefetched(lambda plan: self.build(plan[0]), plans(), lambda plan: {"next_example": int(plan[1])})
 
 
 def record_eval_batches(records: Records, objective, *, global_batch: int, num_batches: int,
@@ -367,6 +366,7 @@ def tokenize_records(source: str, split: str, tok, *, text_key: str, target_key:
   path = os.path.join(_cache_dir(data_dir), hashlib.sha256(key.encode()).hexdigest()[:20] + ".npz")
 
   def make() -> dict[str, np.ndarray]:
+    tf, _ = import_tensorflow()
     ds = sources.records(source, split, (text_key, target_key), data_dir_=data_dir,
                          key_settings={text_key: "data.text_key", target_key: "data.target_key"})
     with quiet_native_stderr():

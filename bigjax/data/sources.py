@@ -1,4 +1,4 @@
-"""Text sources: the embedded corpora as TFDS builders, local text and record files, and any TFDS dataset.
+"""Text sources: the embedded corpora, local text and record files, and any TFDS dataset.
 
 `documents(source, split)` yields documents (tf.string) for a split; `records(source, split, keys)`
 yields dicts of named string fields (text and label, code and summary, ...) for tasks that need more
@@ -32,14 +32,18 @@ than one field. Four kinds of source, chosen by `data.source`:
 A plain-text source and the embedded corpora have the splits `train` and `validation` only: any other
 split is an error (`check_split`) that names the setting (`data.train_split`, `data.eval_split`).
 
-The embedded corpora are real TFDS datasets (`tfds.builder("pydoc_prose")` works once this module is
-imported), prepared on first use into the TFDS data dir, so no download is ever needed. Each has one
+The embedded corpora are real TFDS datasets (their builders are in `bigjax.data.embedded`), prepared on
+first use into the TFDS data dir, so no download is ever needed. Each has one
 config, named by what it is made from on this interpreter (`fingerprint`: the Python version and a
 sha256 of the stdlib files or pydoc topics read): another Python, or an edited stdlib file, prepares a
 config of its own beside it rather than reading data made from other inputs. Processes preparing the
 same dataset at once take turns (`file_lock`): one prepares, the others then read what it wrote.
 `describe(source)` keys the token caches by content in the same way (local and gs:// files by a sha256
 of their bytes).
+
+Importing this module loads no TensorFlow: finding a source's files, checking its splits and describing
+it are plain Python, so a run whose token cache exists starts without TensorFlow. TensorFlow and TFDS load
+when documents or records are read (or a `tfds:` source is described).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import re
 import sys
 import sysconfig
 import zlib
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from etils import epath
 
@@ -64,7 +68,8 @@ from bigjax.config import ConfigError
 from bigjax.data import file_lock
 from bigjax.data import import_tensorflow
 
-tf, tfds = import_tensorflow()
+if TYPE_CHECKING:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (annotations only: imported when data is read)
 
 EMBEDDED = ("pydoc_prose", "stdlib_code", "stdlib_functions", "stdlib_packages")
 _CODE_VALIDATION_PERCENT = 3
@@ -74,10 +79,11 @@ _RECORD_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "ts
 _SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev", "eval"),
                 "test": ("test",)}
 _SPLITS = ("train", "validation")  # Of plain text and the embedded corpora.
-_PYTHON = f"{sys.implementation.name}{'.'.join(map(str, sys.version_info[:3]))}"  # e.g. cpython3.11.7
+PYTHON = f"{sys.implementation.name}{'.'.join(map(str, sys.version_info[:3]))}"  # e.g. cpython3.11.7
 
 
-def _is_validation(key: str) -> bool:
+def is_code_validation(key: str) -> bool:
+  """Whether a file (its path relative to its root, or its name) is in the validation split."""
   return zlib.crc32(key.encode("utf-8")) % 100 < _CODE_VALIDATION_PERCENT
 
 
@@ -141,113 +147,7 @@ def fingerprint(name: str) -> str:
   inputs = {"pydoc_prose": [_pydoc_digest], "stdlib_code": [_stdlib_digest],
             "stdlib_functions": [_stdlib_digest, _tasks_digest], "stdlib_packages": [_stdlib_digest, _tasks_digest]}
   digest = hashlib.sha256("|".join(f() for f in inputs[name]).encode()).hexdigest()
-  return f"{_PYTHON}-{digest[:12]}"
-
-
-class _Embedded(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """An embedded corpus: its one config is named by `fingerprint`, so that data prepared from other inputs
-  (another Python's stdlib, an edited file) sits in a directory of its own and is never read as this one."""
-
-  def get_default_builder_config(self):
-    # TFDS's hook for configs that a class attribute cannot list: the fingerprint is known only here.
-    return tfds.core.BuilderConfig(name=fingerprint(self.name),
-                                   description=f"Made by {_PYTHON} from its own standard library.")
-
-
-class PydocProse(_Embedded):
-  """CPython's pydoc help topics (English prose), one example per topic."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Topics of the running Python's pydoc_data; crc32(name) % 10 == 0 is validation."}
-
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "name": tfds.features.Text()}),
-        description="Help topics from CPython's pydoc_data.topics (no download).",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples(False), "validation": self._generate_examples(True)}
-
-  def _generate_examples(self, validation: bool):
-    from pydoc_data import topics  # pylint: disable=g-import-not-at-top
-    for name in sorted(topics.topics):
-      if (zlib.crc32(name.encode("utf-8")) % 10 == 0) == validation:
-        yield name, {"text": topics.topics[name], "name": name}
-
-
-class StdlibCode(_Embedded):
-  """The Python standard library's own `.py` sources, one example per file."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "All stdlib .py files except site-packages; crc32(path) % 100 < 3 is validation."}
-
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "path": tfds.features.Text()}),
-        description="Python source files of the running interpreter's standard library (no download).",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples(False), "validation": self._generate_examples(True)}
-
-  def _generate_examples(self, validation: bool):
-    for rel, path in stdlib_files():
-      if _is_validation(rel) != validation:
-        continue
-      with open(path, "rb") as fh:
-        text = fh.read().decode("utf-8", errors="replace")
-      yield rel, {"text": text, "path": rel}
-
-
-class StdlibFunctions(_Embedded):
-  """Every documented function of the standard library: code (docstring removed), summary (the docstring's
-  first line), package. Summarisation (code → summary), and pre-training text with data.text_key=code."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "bigjax.data.tasks: crc32(code) % 100 < 10 is validation."}
-
-  def _package_feature(self):
-    return tfds.features.Text()
-
-  def _keep(self, record) -> bool:
-    del record
-    return True
-
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"code": tfds.features.Text(), "summary": tfds.features.Text(),
-                                             "package": self._package_feature()}),
-        description=(self.__doc__ or "").strip())
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples("train"), "validation": self._generate_examples("validation")}
-
-  def _generate_examples(self, split: str):
-    from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
-    for key, s, record in tasks.iter_functions():
-      if s == split and self._keep(record):
-        yield key, record
-
-
-class StdlibPackages(StdlibFunctions):
-  """The functions of 20 large standard-library packages (bigjax.data.tasks.PACKAGES): classification of a
-  function's code into its package; `package` is a ClassLabel in PACKAGES order."""
-
-  def _package_feature(self):
-    from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
-    return tfds.features.ClassLabel(names=list(tasks.PACKAGES))
-
-  def _keep(self, record) -> bool:
-    from bigjax.data import tasks  # pylint: disable=g-import-not-at-top
-    return record["package"] in tasks.PACKAGES
-
-
-_BUILDERS = {"pydoc_prose": PydocProse, "stdlib_code": StdlibCode, "stdlib_functions": StdlibFunctions,
-             "stdlib_packages": StdlibPackages}
+  return f"{PYTHON}-{digest[:12]}"
 
 
 def data_dir(config_data_dir: str) -> str | None:
@@ -280,6 +180,7 @@ def _is_prepared(builder) -> bool:
 
 
 def _tfds_named(name: str, data_dir_: str | None):
+  _, tfds = import_tensorflow()
   try:
     return tfds.builder(name, data_dir=data_dir_)
   except Exception as e:  # tfds raises several types for unknown names.
@@ -297,6 +198,7 @@ def _tfds_builder(name: str, split: str, data_dir_: str | None):
 
 
 def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str) -> tf.data.Dataset:
+  tf, _ = import_tensorflow()
   builder = _tfds_builder(name, split, data_dir_)
   features = builder.info.features
   if text_key not in features:
@@ -308,7 +210,8 @@ def _tfds_documents(name: str, split: str, data_dir_: str | None, text_key: str)
 
 def _embedded_builder(name: str, split: str, data_dir_: str | None):
   check_split(name, split)
-  return _prepared(lambda: _BUILDERS[name](data_dir=data_dir_))
+  from bigjax.data import embedded  # pylint: disable=g-import-not-at-top  (TFDS: only to read a corpus)
+  return _prepared(lambda: embedded.BUILDERS[name](data_dir=data_dir_))
 
 
 def check_split(source: str, split: str, setting: str = "split") -> None:
@@ -317,7 +220,7 @@ def check_split(source: str, split: str, setting: str = "split") -> None:
   'validation' only, as do record files split by content. Record files named for their splits and TFDS
   datasets keep their own names, checked when they are read."""
   allowed = "allowed: 'train', 'validation'"
-  if source in _BUILDERS:
+  if source in EMBEDDED:
     if split not in _SPLITS:
       raise ConfigError(f"{setting}={split!r}: {source} has the splits 'train' and 'validation' only ({allowed})")
     return
@@ -335,6 +238,7 @@ def check_split(source: str, split: str, setting: str = "split") -> None:
 
 
 def _embedded_documents(name: str, split: str, data_dir_: str | None, text_key: str = "text") -> tf.data.Dataset:
+  tf, _ = import_tensorflow()
   builder = _embedded_builder(name, split, data_dir_)
   if text_key not in builder.info.features:
     raise ConfigError(f"data.text_key={text_key!r} is not a field of {name}; it has "
@@ -377,7 +281,7 @@ def _local_documents(pattern: str, split: str) -> list[str]:
     texts = [text]
   else:
     for p in paths:
-      if _is_validation(os.path.basename(p)) == (split == "validation"):
+      if is_code_validation(os.path.basename(p)) == (split == "validation"):
         texts.append(epath.Path(p).read_bytes().decode("utf-8", errors="replace"))
     if split == "validation" and not texts:  # Too few files for the hash to pick one: use the last.
       texts = [epath.Path(paths[-1]).read_bytes().decode("utf-8", errors="replace")]
@@ -502,6 +406,7 @@ def _as_text(value) -> str:
 
 def _local_records(pattern: str, paths: list[str], split: str, keys: Sequence[str],
                    key_settings: dict[str, str]) -> tf.data.Dataset:
+  tf, _ = import_tensorflow()
   rows = _record_split(pattern, paths, split)
   if not rows:
     raise ConfigError(f"data.source={pattern!r}: the {split} split holds no records ({len(paths)} file(s) "
@@ -522,6 +427,7 @@ def _key_name(key: str, key_settings: dict[str, str]) -> str:
 
 def _feature_to_text(where: str, key: str, feature, key_settings: dict[str, str]):
   """A graph function that turns one TFDS feature value into a tf.string scalar."""
+  tf, tfds = import_tensorflow()
   if isinstance(feature, tfds.features.ClassLabel):
     names = tf.constant(feature.names)
     # -1 marks an unlabelled example (GLUE's test splits): an empty name, not an out-of-range gather.
@@ -542,6 +448,7 @@ def _feature_to_text(where: str, key: str, feature, key_settings: dict[str, str]
 
 def _builder_records(where: str, builder, split: str, keys: Sequence[str],
                      key_settings: dict[str, str]) -> tf.data.Dataset:
+  tf, _ = import_tensorflow()
   features = builder.info.features
   for k in keys:
     if k not in features:
@@ -564,7 +471,7 @@ def records(source: str, split: str, keys: Sequence[str], *, data_dir_: str = ""
   if not keys:
     raise ConfigError(f"data.source={source!r}: records need at least one field name; none given")
   dd = data_dir(data_dir_)
-  if source in _BUILDERS:
+  if source in EMBEDDED:
     return _builder_records(source, _embedded_builder(source, split, dd), split, keys, key_settings)
   if source.startswith("tfds:"):
     builder = _tfds_builder(source[len("tfds:"):], split, dd)
@@ -585,7 +492,8 @@ def records(source: str, split: str, keys: Sequence[str], *, data_dir_: str = ""
 def class_names(source: str, key: str, *, data_dir_: str = "") -> list[str] | None:
   """The names of a TFDS ClassLabel feature `key`, in index order (None for other sources and features):
   classification then keeps the dataset's own label ids (MNLI's entailment = 0, as published)."""
-  if source in _BUILDERS:
+  _, tfds = import_tensorflow()
+  if source in EMBEDDED:
     builder = _embedded_builder(source, "train", data_dir(data_dir_))
   elif source.startswith("tfds:"):
     builder = _tfds_builder(source[len("tfds:"):], "train", data_dir(data_dir_))
@@ -613,8 +521,9 @@ def documents(source: str, split: str, *, data_dir_: str = "", text_key: str = "
   A document is a whole text file (or its lines' share of the split), or the `text_key` field of
   each record of JSONL/CSV files and tfds: datasets.
   """
+  tf, _ = import_tensorflow()
   dd = data_dir(data_dir_)
-  if source in _BUILDERS:
+  if source in EMBEDDED:
     return _embedded_documents(source, split, dd, text_key)
   if source.startswith("tfds:"):
     return _tfds_documents(source[len("tfds:"):], split, dd, text_key)
@@ -642,7 +551,7 @@ def describe(source: str, *, data_dir_: str = "") -> str:
   `fingerprint`, a TFDS dataset's name, config and version, or the names of local (or gs://) files and a
   sha256 of their bytes, so that an edit that keeps a file's size still makes a new key. Local files are
   read whole: call it once per run (`pipeline.build` does)."""
-  if source in _BUILDERS:
+  if source in EMBEDDED:
     return f"{source}|{fingerprint(source)}"
   if source.startswith("tfds:"):
     return f"tfds:{_tfds_named(source[len('tfds:'):], data_dir(data_dir_)).info.full_name}"

@@ -5,9 +5,9 @@ per second the quickstart's train step consumes, measured in the same sitting.
   python experiments/benchmarks/input_pipeline.py --seconds 5 --objectives causal_lm,masked_lm --no_train
 
 Each objective runs the real pipeline (`bigjax.data.pipeline.build` on an experiment config, then the
-training iterator `train.iterate(0)`, which builds batches in parallel with tf.data and prefetches
-them). Tokenizing a split is done once and cached (the first run of a config pays it; it is reported
-as `prepare_s` and not counted in the rate). After 5 warm-up batches, batches are drawn for
+training iterator `train.iterate(0)`, which builds batches ahead of the step in a thread pool).
+Tokenizing a split is done once and cached (the first run of a config pays it; it is reported as
+`prepare_s` and not counted in the rate). After 5 warm-up batches, batches are drawn for
 `--seconds`; a batch's tokens are its real input tokens (all positions of a window; non-padding
 positions of packed or padded rows). Window objectives read the embedded `stdlib_code` corpus; record
 objectives read the code → docstring task made from it (`bigjax.data.tasks`), written to a temp dir.
