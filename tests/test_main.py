@@ -1,5 +1,6 @@
 """The CLI as a user meets it: help, and one-line errors with exit status 2 for bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -36,7 +37,36 @@ def test_help_explains_itself():
     assert word in r.stdout
 
 
-@pytest.mark.parametrize("args,match", [
+# Every bad-input case as a process of its own, forked from one that has imported bigjax (and the trainer)
+# once: each case still gets a fresh interpreter state, its own exit status and its own stderr (a file),
+# without paying the imports ten times. JAX's backend starts only in the children.
+_EACH_MAIN = """
+import json, os, sys, tempfile
+from bigjax import main, train  # noqa: F401  (loaded before the forks)
+out = []
+for argv in json.loads(sys.argv[1]):
+  err = tempfile.NamedTemporaryFile("w+", suffix=".err", delete=False)
+  pid = os.fork()
+  if pid == 0:
+    os.dup2(err.fileno(), 2)
+    code, sys.argv = 0, ["bigjax"] + argv  # As a started process has it (config_flags reads sys.argv).
+    try:
+      main.main(sys.argv)
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # An uncaught error: its traceback, as Python would show it.
+      import traceback
+      traceback.print_exc()
+      code = 1
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(code)
+  _, status = os.waitpid(pid, 0)
+  out.append({"status": os.waitstatus_to_exitcode(status), "stderr": open(err.name).read()})
+  os.remove(err.name)
+print(json.dumps(out))
+"""
+
+BAD_INPUT = [
     (["train", "--config", "no/such/config.py", "--workdir", "{w}"], "no/such/config.py"),
     (["train", "--config", QUICK, "--workdir", "{w}", "--config.train.stepz=3"], "stepz"),
     (["train", "--config", QUICK, "--workdir", "{w}", "--config.train.steps=abc"], "steps"),
@@ -48,15 +78,27 @@ def test_help_explains_itself():
     (["train", "--config", QUICK, "--workdir", "{w}", "--config.model.vocab_size=100"], "model.vocab_size=100"),
     (["train", "--config", QUICK], "--workdir is required"),
     (["fly"], "unknown command 'fly'"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, match):
-  workdir = tmp_path / "w"
-  r = bigjax(*[a.replace("{w}", str(workdir)) for a in args])
-  assert r.returncode == 2, r.stderr[-2000:]
-  errors = [line for line in r.stderr.splitlines() if line.startswith("bigjax: error:")]
-  assert len(errors) == 1 and match in errors[0], r.stderr[-2000:]
-  assert "Traceback" not in r.stderr
-  assert not workdir.exists() or not any(workdir.iterdir())  # Nothing was written.
+]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+  """Each case in a workdir of its own, each a process of its own (forked, see _EACH_MAIN); the first also
+  started as a user starts it, with the same result."""
+  argvs = [[a.replace("{w}", str(tmp_path / f"w{i}")) for a in args] for i, (args, _) in enumerate(BAD_INPUT)]
+  first = bigjax(*argvs[0])
+  assert first.returncode == 2 and "Traceback" not in first.stderr, first.stderr[-2000:]
+  r = subprocess.run([sys.executable, "-c", _EACH_MAIN, json.dumps(argvs)], cwd=REPO, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads(r.stdout.strip().splitlines()[-1])
+  assert results[0]["stderr"].strip() == first.stderr.strip().splitlines()[-1]  # The same line both ways.
+  for i, ((_, match), got) in enumerate(zip(BAD_INPUT, results)):
+    assert got["status"] == 2, (argvs[i], got)
+    errors = [line for line in got["stderr"].splitlines() if line.startswith("bigjax: error:")]
+    assert len(errors) == 1 and match in errors[0], (argvs[i], got["stderr"][-2000:])
+    assert "Traceback" not in got["stderr"], got["stderr"]
+    workdir = tmp_path / f"w{i}"
+    assert not workdir.exists() or not any(workdir.iterdir()), argvs[i]  # Nothing was written.
 
 
 def test_cli_trains_then_resumes_in_a_relative_workdir(tmp_path, text_file):
