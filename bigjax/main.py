@@ -59,8 +59,12 @@ Bad settings stop before anything compiles, with one line naming the setting (ex
 
 from __future__ import annotations
 
-import re
-import sys
+import time
+
+STARTED = time.time()  # The command's start, for the trainer's start-up line (before the heavy imports).
+
+import re  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import flags
 from ml_collections import config_flags
@@ -210,6 +214,21 @@ def _load_config():
   return config
 
 
+def _use_compilation_cache() -> str:
+  """JAX's persistent compilation cache, on for every command that compiles: a second run of the same
+  program loads it instead of compiling. JAX_COMPILATION_CACHE_DIR (and JAX's other cache settings) win;
+  else ~/.cache/bigjax/jax (XDG_CACHE_HOME respected), caching every program that took 0.1 s or more."""
+  import os  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  where = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if not where:
+    where = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bigjax", "jax")
+    jax.config.update("jax_compilation_cache_dir", where)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+  return where
+
+
 def _train(args: list[str]) -> None:
   if args:
     fail(f"unexpected arguments {args}; usage: bigjax train --config FILE --workdir DIR")
@@ -217,12 +236,13 @@ def _train(args: list[str]) -> None:
   if not _WORKDIR.value:
     fail("--workdir is required: the directory that records (and resumes) the run")
   from bigjax import partitioning  # pylint: disable=g-import-not-at-top  (heavy: JAX)
-  from bigjax import train  # pylint: disable=g-import-not-at-top  (heavy: JAX; TensorFlow once data is built)
+  from bigjax import train  # pylint: disable=g-import-not-at-top  (heavy: JAX; TensorFlow only to tokenize)
+  _use_compilation_cache()
   # Before anything else touches JAX: the processes of a multi-host run join here.
   train.log("bigjax: " + partitioning.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                              _PROCESS_ID.value))
   with partitioning.on_lost_process():  # One of several processes dying ends the others with one line.
-    train.train(config, _WORKDIR.value)
+    train.train(config, _WORKDIR.value, started=STARTED)
 
 
 def _convert(args: list[str]) -> None:
@@ -264,6 +284,7 @@ def _decode(args: list[str]) -> None:
   if _NUM_BEAMS.value > 1 and _TEMPERATURE.value > 0:
     fail("--num_beams > 1 is deterministic beam search; leave --temperature at 0")
   from bigjax import decode  # pylint: disable=g-import-not-at-top
+  _use_compilation_cache()
   decode.main(workdir=_WORKDIR.value, hf=_HF.value, prompts=_PROMPT.value, prompt_ids=_PROMPT_IDS.value,
               tokenizer=_TOKENIZER.value, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
               top_k=_TOP_K.value, top_p=_TOP_P.value, num_beams=_NUM_BEAMS.value,
@@ -279,6 +300,7 @@ def _eval(args: list[str]) -> None:
     _fewshot()
     return
   from bigjax.eval import evaluate  # pylint: disable=g-import-not-at-top  (heavy: JAX, TF)
+  _use_compilation_cache()
   # --split and --max_new_tokens have other commands' defaults: here, unset means the run's own.
   evaluate.main(workdir=_WORKDIR.value, split=_SPLIT.value if FLAGS["split"].present else None,
                 max_examples=_MAX_EXAMPLES.value, batch_size=_EVAL_BATCH.value, num_beams=_NUM_BEAMS.value,

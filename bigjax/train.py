@@ -61,18 +61,33 @@ class Run:
   ckpt: ckpt_lib.Checkpointer
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, workdir: str, *, started: float | None = None) -> dict[str, float]:
   """Trains to `config.train.steps`, resuming from the workdir if it holds a run. Returns last metrics.
 
   SIGTERM / SIGINT during the run (a preemption notice) ends it early but cleanly: the step in flight
-  finishes, is checkpointed, the save completes, and this returns (`preempted` true in the result)."""
+  finishes, is checkpointed, the save completes, and this returns (`preempted` true in the result).
+  `started` (a `time.time()`, the CLI's start) dates the start-up line; by default it counts from this call."""
+  clock = {"start": started or time.time(), "call": time.time()}
   with ckpt_lib.Preemption() as preemption:
     run = setup(config, workdir)
+    clock["setup"] = time.time()
     try:
       state, position = restore_or_init(run)
-      return loop(run, state, position, compile_steps(run, state), preemption)
+      clock["state"] = time.time()
+      compiled = compile_steps(run, state)
+      clock["compile"] = time.time()
+      return loop(run, state, position, compiled, preemption, clock)
     finally:
       run.ckpt.close()
+
+
+def _startup_line(clock: dict[str, float]) -> str:
+  """Where the time from the command (or the call) to the end of the first step went."""
+  parts = [("imports", clock["start"], clock["call"]), ("setup and data", clock["call"], clock["setup"]),
+           ("state", clock["setup"], clock["state"]), ("compile", clock["state"], clock["compile"]),
+           ("first step", clock["compile"], clock["first_step"])]
+  shown = ", ".join(f"{name} {b - a:.1f}" for name, a, b in parts if b - a >= 0.05)
+  return f"bigjax: start-up {clock['first_step'] - clock['start']:.1f}s to the end of the first step ({shown})"
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -259,7 +274,7 @@ class _FiniteWatch:
 
 
 def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
-         preemption: ckpt_lib.Preemption) -> dict[str, Any]:
+         preemption: ckpt_lib.Preemption, clock: dict[str, float] | None = None) -> dict[str, Any]:
   """Steps to train.steps: logs every train.log_every, evaluates (and samples) every train.eval_every,
   checkpoints every train.checkpoint_every and at the end, and stops cleanly on a preemption notice."""
   config, mcfg, mesh, data, ckpt = run.config, run.mcfg, run.mesh, run.data, run.ckpt
@@ -321,6 +336,9 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
       state, metrics = step_fn(state, partitioning.global_batch(batch, mesh))
     watch.pending.append((step, metrics))
     window_steps += 1
+    if step == start + 1 and clock is not None:  # One wait for the device, once: the start-up line.
+      jax.block_until_ready(metrics)
+      log(_startup_line({**clock, "first_step": time.time()}))
     stop = preemption.requested(step)
     is_last = step == total or stop
     do_log = step % config.train.log_every == 0 or is_last

@@ -115,6 +115,8 @@ def test_cli_trains_then_resumes_in_a_relative_workdir(tmp_path, text_file):
   assert second.returncode == 0, second.stderr[-3000:]
   assert "state from this workdir's checkpoint at step 2" in second.stdout
   assert NO_TF in second.stdout  # Its token cache exists: training needs no TensorFlow.
+  startup = [line for line in second.stdout.splitlines() if line.startswith("bigjax: start-up ")]
+  assert len(startup) == 1 and "to the end of the first step (imports " in startup[0], second.stdout
   # The first run's horizon (its 2 steps, raised past the quickstart's warmup), pinned and said at start.
   assert "(optim.decay_steps=2, raised past warmup_steps)" in second.stdout
   assert "train step 3/4" in second.stdout and "train step 1/" not in second.stdout
