@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ def hf_logits(model, ids, mask):
 
 
 def bigjax_logits(cfg, params, ids, mask):
-  return np.asarray(models.build(cfg).apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+  return np.asarray(jax.jit(models.build(cfg).apply)({"params": params}, jnp.asarray(ids),
+                                                    attention_mask=jnp.asarray(mask)))
 
 
 @pytest.mark.parametrize("kw", [

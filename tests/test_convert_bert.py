@@ -74,8 +74,8 @@ def hf_out(model, ids, mask, types, what="logits"):
 def bigjax_out(cfg, params, ids, mask, types):
   module = models.build(cfg)
   types = None if types is None else jnp.asarray(types)
-  return np.asarray(module.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-                                 token_type_ids=types))
+  return np.asarray(jax.jit(module.apply)({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                                          token_type_ids=types))
 
 
 def max_diff(got, want, mask):

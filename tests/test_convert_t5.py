@@ -74,8 +74,8 @@ def hf_logits(model, ids, mask, dec, dmask):
 
 def bigjax_logits(cfg, params, ids, mask, dec, dmask):
   module = models.build(cfg)
-  return np.asarray(module.apply({"params": params}, jnp.asarray(ids), jnp.asarray(dec),
-                                 attention_mask=jnp.asarray(mask), decoder_attention_mask=jnp.asarray(dmask)))
+  return np.asarray(jax.jit(module.apply)({"params": params}, jnp.asarray(ids), jnp.asarray(dec),
+                                          attention_mask=jnp.asarray(mask), decoder_attention_mask=jnp.asarray(dmask)))
 
 
 def worst(got, want, dmask):

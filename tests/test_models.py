@@ -17,7 +17,7 @@ CFG = config_lib.ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=
 @pytest.fixture(scope="module")
 def model_and_params():
   module = models.build(CFG)
-  boxed = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
+  boxed = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
   return module, boxed
 
 
@@ -44,16 +44,17 @@ def test_param_count_matches_gpt2_formula(model_and_params):
 def test_causal_and_padding(model_and_params):
   module, boxed = model_and_params
   params = nn.meta.unbox(boxed)
+  apply = jax.jit(module.apply)
   rng = np.random.default_rng(0)
   ids = jnp.asarray(rng.integers(3, 97, (2, 10)), jnp.int32)
-  logits = module.apply({"params": params}, ids)
+  logits = apply({"params": params}, ids)
   assert logits.shape == (2, 10, 97) and logits.dtype == jnp.float32
   changed = ids.at[:, 6:].set(5)
-  np.testing.assert_allclose(module.apply({"params": params}, changed)[:, :6], logits[:, :6], atol=1e-6)
+  np.testing.assert_allclose(apply({"params": params}, changed)[:, :6], logits[:, :6], atol=1e-6)
   # Right padding: the real prefix's logits do not depend on what sits in padded positions.
   mask = jnp.asarray([[1] * 10, [1] * 7 + [0] * 3])
-  a = module.apply({"params": params}, ids, attention_mask=mask)
-  b = module.apply({"params": params}, ids.at[1, 7:].set(0), attention_mask=mask)
+  a = apply({"params": params}, ids, attention_mask=mask)
+  b = apply({"params": params}, ids.at[1, 7:].set(0), attention_mask=mask)
   np.testing.assert_allclose(a[1, :7], b[1, :7], atol=1e-6)
   # Left padding: masked keys are ignored, so a padded prompt scores like the unpadded one
   # given the same positions.
@@ -61,20 +62,21 @@ def test_causal_and_padding(model_and_params):
   padded = jnp.concatenate([jnp.zeros((1, 4), jnp.int32), short], 1)
   pmask = jnp.asarray([[0] * 4 + [1] * 6])
   pos = jnp.asarray([[0] * 4 + list(range(6))])
-  c = module.apply({"params": params}, padded, attention_mask=pmask, positions=pos)
-  np.testing.assert_allclose(c[:, 4:], module.apply({"params": params}, short), atol=1e-5)
+  c = apply({"params": params}, padded, attention_mask=pmask, positions=pos)
+  np.testing.assert_allclose(c[:, 4:], apply({"params": params}, short), atol=1e-5)
 
 
 def test_untied_head_and_dropout():
   cfg = config_lib.ModelConfig(vocab_size=50, d_model=16, num_layers=1, num_heads=2, d_ff=32, max_len=8,
                                tie_embeddings=False, dropout_rate=0.5)
   module = models.build(cfg)
-  params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
   assert params["lm_head"]["kernel"].shape == (16, 50)
   ids = jnp.ones((1, 8), jnp.int32)
-  det = module.apply({"params": params}, ids)
-  np.testing.assert_allclose(det, module.apply({"params": params}, ids), atol=0)
-  drop = module.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  apply = jax.jit(module.apply, static_argnames="deterministic")
+  det = apply({"params": params}, ids)
+  np.testing.assert_allclose(det, apply({"params": params}, ids), atol=0)
+  drop = apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
   assert not np.allclose(drop, det)
 
 
@@ -94,7 +96,7 @@ def _init(cfg, length=8):
   module = models.build(cfg)
   ids = jnp.ones((2, length), jnp.int32)
   args = (ids, ids[:, :5]) if cfg.family == "encoder_decoder" else (ids,)
-  return module, module.init(jax.random.PRNGKey(0), *args)["params"], args
+  return module, jax.jit(module.init)(jax.random.PRNGKey(0), *args)["params"], args
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY_CFGS))
@@ -117,12 +119,12 @@ def test_every_family_names_every_param_and_padding_never_leaks(name, scan):
   noisy = np.where(mask == 1, ids, rng.integers(3, 64, (2, 8)))
   if cfg.family == "encoder_decoder":
     dec = rng.integers(3, 64, (2, 5))
-    run = lambda x: module.apply({"params": params}, x, dec, attention_mask=mask)
+    run = lambda x: jax.jit(module.apply)({"params": params}, x, dec, attention_mask=mask)
     a, b = run(ids), run(noisy)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert a.shape == (2, 5, 64)
   else:
-    run = lambda x: module.apply({"params": params}, x, attention_mask=mask)
+    run = lambda x: jax.jit(module.apply)({"params": params}, x, attention_mask=mask)
     a, b = np.asarray(run(ids)), np.asarray(run(noisy))
     if cfg.encoder_head == "classifier":
       assert a.shape == (2, 3)
@@ -156,6 +158,7 @@ def test_packed_rows_give_each_example_its_own_outputs(name):
   its logits alone (no padding), for every family, with garbage in the row's padding."""
   cfg = PACK_CFGS[name]
   module = models.build(cfg)
+  apply = jax.jit(module.apply)
   rng = np.random.default_rng(1)
   lens = [5, 3, 6]
   exs = [rng.integers(3, 64, n) for n in lens]
@@ -165,29 +168,29 @@ def test_packed_rows_give_each_example_its_own_outputs(name):
     tlens = [2, 4, 3]
     tgts = [rng.integers(3, 64, n) for n in tlens]
     dids, dseg, _ = _pack(tgts, 12)
-    params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), ids, dids)["params"])
-    packed = module.apply({"params": params}, ids, dids, segment_ids=seg, decoder_segment_ids=dseg)[0]
+    params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), ids, dids)["params"])
+    packed = apply({"params": params}, ids, dids, segment_ids=seg, decoder_segment_ids=dseg)[0]
     at = 0
     for x, t in zip(exs, tgts):
-      alone = module.apply({"params": params}, x[None], t[None])[0]
+      alone = apply({"params": params}, x[None], t[None])[0]
       np.testing.assert_allclose(packed[at:at + len(t)], alone, atol=2e-5)
       at += len(t)
     return
-  params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), ids)["params"])
-  packed = module.apply({"params": params}, ids, segment_ids=seg, positions=pos)[0]
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), ids)["params"])
+  packed = apply({"params": params}, ids, segment_ids=seg, positions=pos)[0]
   at = 0
   for x in exs:
-    alone = module.apply({"params": params}, x[None])[0]
+    alone = apply({"params": params}, x[None])[0]
     np.testing.assert_allclose(packed[at:at + len(x)], alone, atol=2e-5)
     at += len(x)
 
 
 def test_prefix_lm_mask_lets_the_prefix_see_both_ways():
   module = models.build(CFG)
-  params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
   ids = jnp.asarray(np.random.default_rng(2).integers(3, 97, (1, 8)), jnp.int32)
   prefix = jnp.asarray([[1, 1, 1, 0, 0, 0, 0, 0]])
-  run = lambda x: np.asarray(module.apply({"params": params}, x, prefix_mask=prefix))
+  run = lambda x: np.asarray(jax.jit(module.apply)({"params": params}, x, prefix_mask=prefix))
   base, changed = run(ids), run(ids.at[0, 2].set(5))
   # Position 0 sees position 2 (both in the prefix); causal LM would not.
   assert not np.allclose(base[0, 0], changed[0, 0])

@@ -139,7 +139,7 @@ def test_packed_batch_gives_the_same_per_example_losses_as_unpacked(family):
   module = models.build(cfg)
   init_args = [jnp.asarray(packed["inputs"][:1])] + (
       [jnp.asarray(packed["decoder_input_ids"][:1])] if family == "encoder_decoder" else [])
-  params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), *init_args)["params"])
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), *init_args)["params"])
   nll = _per_token_nll(module, params, packed)
   seg_key = "decoder_segment_ids" if family == "encoder_decoder" else "segment_ids"
   order = [(r, k, g) for r, row in enumerate(rows) for k, g in enumerate(row)]
