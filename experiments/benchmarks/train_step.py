@@ -1,0 +1,175 @@
+r"""Train-step speed: bigjax against transformers' PyTorch models, every family, two shapes, one sitting.
+
+  python experiments/benchmarks/train_step.py            # 4 families x 2 shapes, 8 timed steps each
+  python experiments/benchmarks/train_step.py --quick    # 3 timed steps each
+  python experiments/benchmarks/train_step.py --families decoder,llama --shapes small
+
+Each case is one architecture built twice with the same random weights: a transformers model from its
+config (`GPT2LMHeadModel`, `LlamaForCausalLM`, `BertForMaskedLM`, `T5ForConditionalGeneration` with
+T5 v1.1's gated GELU and untied head), saved, and converted with `bigjax.convert.from_hf`, so both sides
+compute exactly the same function. Both train in float32 without dropout on the same random batch:
+cross-entropy averaged over the weighted target tokens (every position for the language models, 15% of
+positions for BERT's masked LM, all targets for T5, whose targets are a quarter of the inputs' length, as
+span corruption's are), gradient clipping at norm 1, AdamW. bigjax runs its own jitted train step
+(`bigjax.steps.make_train_step` with `bigjax.optim.make`, state donated); PyTorch runs eagerly with
+`torch.optim.AdamW` and `clip_grad_norm_`, on as many threads as JAX uses (every core).
+
+A step's time is the median of `--steps` timed whole steps after 2 warm-up steps (compilation for
+bigjax), each ended by a device sync (`block_until_ready`; PyTorch on CPU is synchronous). Tokens are
+batch x input length for every family (T5's convention: the targets' FLOPs are counted, their tokens
+are not). MFU is bigjax's model FLOPs (`bigjax.throughput.flops_per_step`) per second over the peak of
+a float32 `jnp.dot` measured here first. The last line is one JSON list of
+{"family", "shape", "bigjax_tokens_per_s", "hf_tokens_per_s", "ratio_vs_hf", "mfu"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+SHAPES = {  # name: (layers, d_model, heads, seq_len, batch); d_ff = 4 d_model, vocab 8192.
+    "small": (4, 128, 4, 64, 12),
+    "mid": (6, 512, 8, 256, 8),
+}
+VOCAB = 8192
+FAMILIES = ("decoder", "llama", "encoder", "encoder_decoder")
+
+
+def hf_model(family: str, layers: int, d: int, heads: int, seq: int):
+  import transformers as tr  # pylint: disable=g-import-not-at-top
+  if family == "decoder":
+    return tr.GPT2LMHeadModel(tr.GPT2Config(n_embd=d, n_layer=layers, n_head=heads, n_inner=4 * d, vocab_size=VOCAB,
+                                            n_positions=seq, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+  if family == "llama":
+    return tr.LlamaForCausalLM(tr.LlamaConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                                              num_key_value_heads=heads, intermediate_size=4 * d, vocab_size=VOCAB,
+                                              max_position_embeddings=seq, tie_word_embeddings=False))
+  if family == "encoder":
+    return tr.BertForMaskedLM(tr.BertConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                                            intermediate_size=4 * d, vocab_size=VOCAB, max_position_embeddings=seq,
+                                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+  return tr.T5ForConditionalGeneration(tr.T5Config(d_model=d, d_kv=d // heads, d_ff=4 * d, num_layers=layers,
+                                                   num_heads=heads, vocab_size=VOCAB, dropout_rate=0.0,
+                                                   feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+
+
+def make_batch(family: str, seq: int, batch: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  ids = lambda *shape: rng.integers(3, VOCAB, shape).astype(np.int32)
+  if family == "encoder_decoder":
+    t = seq // 4
+    return {"inputs": ids(batch, seq), "decoder_input_ids": ids(batch, t), "targets": ids(batch, t),
+            "weights": np.ones((batch, t), np.float32)}
+  weights = ((rng.random((batch, seq)) < 0.15) if family == "encoder" else np.ones((batch, seq))).astype(np.float32)
+  return {"inputs": ids(batch, seq), "targets": ids(batch, seq), "weights": weights}
+
+
+def time_steps(step, n: int) -> float:
+  """Median seconds of `n` calls of `step()` after 2 warm-up calls."""
+  for _ in range(2):
+    step()
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def bigjax_step_seconds(cfg, params, batch: dict, n: int) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bigjax import config as config_lib, models, optim, steps  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  config.model.update(cfg.to_dict())
+  config.train.steps = 1000
+  config.optim.warmup_steps = 10
+  module, tx, schedule = models.build(cfg), optim.make(config), optim.schedule(config)
+  params = jax.tree_util.tree_map(jnp.asarray, params)
+  state = [steps.TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))]
+  train_step = jax.jit(steps.make_train_step(module, tx, schedule, 0), donate_argnums=0)
+  device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+  def step():
+    state[0], metrics = train_step(state[0], device_batch)
+    jax.block_until_ready(metrics)
+
+  return time_steps(step, n)
+
+
+def hf_step_seconds(model, family: str, batch: dict, n: int) -> float:
+  import torch  # pylint: disable=g-import-not-at-top
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+  t = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v) for k, v in batch.items()}
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    kw = {"decoder_input_ids": t["decoder_input_ids"]} if family == "encoder_decoder" else {}
+    logits = model(input_ids=t["inputs"], **kw).logits
+    xent = torch.nn.functional.cross_entropy(logits.flatten(0, 1), t["targets"].flatten(), reduction="none")
+    loss = (xent * t["weights"].flatten()).sum() / t["weights"].sum().clamp(min=1.0)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+  return time_steps(step, n)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="3 timed steps a case instead of --steps")
+  parser.add_argument("--steps", type=int, default=8, help="timed steps per case (median reported)")
+  parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
+  parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+  args = parser.parse_args(argv)
+  families, shapes = args.families.split(","), args.shapes.split(",")
+  for name, allowed, what in ((families, FAMILIES, "--families"), (shapes, SHAPES, "--shapes")):
+    bad = [x for x in name if x not in allowed]
+    if bad:
+      parser.error(f"{what}: {', '.join(bad)} not among {', '.join(allowed)}")
+  n = 3 if args.quick else args.steps
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from bigjax import convert, throughput  # pylint: disable=g-import-not-at-top
+  transformers.utils.logging.disable_progress_bar()
+  threads = os.cpu_count() or 1
+  torch.set_num_threads(threads)
+  peak = throughput.measure_matmul_peak("float32", budget_s=2.0)
+  print(f"float32 jnp.dot peak here: {peak / 1e12:.3f} TFLOP/s; torch threads {threads}; "
+        f"jax {jax.__version__}, torch {torch.__version__}; {n} timed steps a case")
+  rows = []
+  for shape in shapes:
+    layers, d, heads, seq, batch_size = SHAPES[shape]
+    for family in families:
+      torch.manual_seed(0)
+      model = hf_model(family, layers, d, heads, seq)
+      with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        cfg, params = convert.from_hf(tmp)
+      batch = make_batch(family, seq, batch_size)
+      target_len = batch["targets"].shape[1] if family == "encoder_decoder" else None
+      ours = bigjax_step_seconds(cfg, params, batch, n)
+      theirs = hf_step_seconds(model, family, batch, n)
+      tokens = batch_size * seq
+      flops = throughput.flops_per_step(cfg, batch_size, seq, target_len)
+      row = {"family": family, "shape": shape, "bigjax_tokens_per_s": round(tokens / ours, 1),
+             "hf_tokens_per_s": round(tokens / theirs, 1), "ratio_vs_hf": round(theirs / ours, 3),
+             "mfu": round(flops / ours / peak, 4)}
+      rows.append(row)
+      print(f"{family:16s} {shape:5s}: bigjax {1000 * ours:8.1f} ms/step {row['bigjax_tokens_per_s']:10,.0f} tok/s "
+            f"(MFU {100 * row['mfu']:.1f}%) | transformers {1000 * theirs:8.1f} ms/step "
+            f"{row['hf_tokens_per_s']:10,.0f} tok/s | {row['ratio_vs_hf']:.2f}x", flush=True)
+  print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+  main()
