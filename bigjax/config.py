@@ -31,6 +31,10 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ENCODER_HEADS = ("mlm", "classifier", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# What computes attention (bigjax.models.layers.attention): "auto" picks per backend and call; "plain" is
+# two einsums and a float32 softmax (any backend, attention dropout, decoding); "xla" and "cudnn" are
+# jax.nn.dot_product_attention's XLA path and its fused cuDNN kernel (NVIDIA GPUs, bfloat16/float16).
+ATTENTION = ("auto", "plain", "xla", "cudnn")
 # Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
 _FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
                      "encoder_decoder": ("relative",)}
@@ -66,6 +70,7 @@ class ModelConfig:
   dropout_rate: float = 0.0  # Dropout on embeddings, attention probabilities and sublayer outputs.
   scan_layers: bool = False  # Run the blocks under nn.scan (one compiled block; params stacked on "layers").
   remat_policy: str = "none"  # Rematerialise blocks in the backward pass: none, full, dots, dots_no_batch.
+  attention: str = "auto"  # auto | plain | xla | cudnn: what computes attention (see ATTENTION).
   init_std: float = 0.02  # Std of the normal initializer (residual projections get /sqrt(2L)).
   dtype: str = "float32"  # Compute dtype of activations.
   param_dtype: str = "float32"  # Storage dtype of parameters.
@@ -79,6 +84,7 @@ class ModelConfig:
     _choice("model.norm_position", self.norm_position, NORM_POSITIONS)
     _choice("model.encoder_head", self.encoder_head, ENCODER_HEADS)
     _choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
+    _choice("model.attention", self.attention, ATTENTION)
     _choice(f"model.positions (for model.family={self.family!r})", self.positions,
             _FAMILY_POSITIONS[self.family])
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):

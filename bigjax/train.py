@@ -33,6 +33,7 @@ from bigjax import throughput
 from bigjax import workdir as workdir_lib
 from bigjax.config import ConfigError
 from bigjax.data import pipeline
+from bigjax.models import layers
 
 _PROMPT_LEN = 16
 
@@ -111,6 +112,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                       f"data x fsdp = {partitioning.batch_divisor(mesh)} devices; use a divisor of "
                       f"{config.data.batch_size // partitioning.batch_divisor(mesh)}")
   rules = partitioning.rules_for(config.mesh.rules)
+  attention = layers.attention_implementation(mcfg, dropout=mcfg.dropout_rate > 0)  # Refuses what cannot run.
+  log(f"bigjax: attention {attention} (model.attention={mcfg.attention!r} on {jax.default_backend()}, "
+      f"{mcfg.dtype}{', dropout' if mcfg.dropout_rate > 0 else ''})")
 
   # The data is read only once the config, the workdir and the mesh are known to be right (a bad setting is
   # reported in a second); TensorFlow loads only if a split must be tokenized (a cache miss).

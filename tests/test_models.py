@@ -198,3 +198,74 @@ def test_prefix_lm_mask_lets_the_prefix_see_both_ways():
   later = run(ids.at[0, 5].set(5))
   np.testing.assert_allclose(later[0, :5], base[0, :5], atol=1e-6)
   assert not np.allclose(later[0, 5], base[0, 5])
+
+
+ATTENTION_CASES = {  # Causal + padding; post-norm encoder; rotary; T5's relative bias, unscaled logits.
+    "gpt2": CFG, "bert": FAMILY_CFGS["bert"], "llama_style": FAMILY_CFGS["llama_style"],
+    "t5_v1_1": FAMILY_CFGS["t5_v1_1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_CASES))
+def test_xla_attention_equals_the_plain_path(name):
+  """jax.nn.dot_product_attention's XLA path gives the plain path's logits and gradients: padding masks,
+  causal masks, packed segments (decoders and BERT), T5's relative-position bias without scaling."""
+  plain_cfg = dataclasses.replace(ATTENTION_CASES[name], attention="plain")
+  xla_cfg = dataclasses.replace(plain_cfg, attention="xla")
+  plain, xla = models.build(plain_cfg), models.build(xla_cfg)
+  rng = np.random.default_rng(3)
+  ids = jnp.asarray(rng.integers(3, 64, (2, 12)), jnp.int32)
+  mask = jnp.asarray([[1] * 12, [1] * 9 + [0] * 3])
+  kw = {"attention_mask": mask}
+  args = (ids,)
+  if plain_cfg.family == "encoder_decoder":
+    args = (ids, jnp.asarray(rng.integers(3, 64, (2, 7)), jnp.int32))
+    kw["decoder_attention_mask"] = jnp.asarray([[1] * 7, [1] * 5 + [0] * 2])
+  params = nn.meta.unbox(jax.jit(plain.init)(jax.random.PRNGKey(0), *args)["params"])
+  cases = [kw]
+  if plain_cfg.family != "encoder_decoder":  # Three packed examples in the first row, two in the second.
+    seg = jnp.asarray([[1] * 5 + [2] * 4 + [3] * 3, [1] * 6 + [2] * 4 + [0] * 2])
+    pos = jnp.asarray([list(range(5)) + list(range(4)) + list(range(3)), list(range(6)) + list(range(4)) + [0, 0]])
+    cases.append({"segment_ids": seg, "positions": pos})
+
+  for call in cases:
+    def loss(p, module):
+      out = module.apply({"params": p}, *args, **call)
+      return jnp.sum(jnp.sin(out)), out
+    (_, want), g_want = jax.jit(jax.value_and_grad(lambda p: loss(p, plain), has_aux=True))(params)
+    (_, got), g_got = jax.jit(jax.value_and_grad(lambda p: loss(p, xla), has_aux=True))(params)
+    np.testing.assert_allclose(got, want, atol=2e-5, err_msg=str(sorted(call)))
+    for a, b in zip(jax.tree_util.tree_leaves(g_got), jax.tree_util.tree_leaves(g_want)):
+      np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=str(sorted(call)))
+
+
+def test_xla_attention_decodes_like_the_plain_path():
+  """With the KV cache (one query over the whole cache, its mask), both paths pick the same tokens."""
+  from bigjax import decode  # pylint: disable=g-import-not-at-top
+  for cfg in (CFG, FAMILY_CFGS["t5_v1_1"]):
+    plain_cfg = dataclasses.replace(cfg, attention="plain")
+    args = (jnp.ones((1, 8), jnp.int32),) * (2 if cfg.family == "encoder_decoder" else 1)
+    params = nn.meta.unbox(jax.jit(models.build(plain_cfg).init)(jax.random.PRNGKey(1), *args)["params"])
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
+    out = {impl: decode.for_model(dataclasses.replace(cfg, attention=impl), params, prompts, max_new_tokens=6,
+                                  eos_id=-1, pad_id=0) for impl in ("plain", "xla")}
+    assert out["xla"] == out["plain"], out
+
+
+def test_attention_that_cannot_run_here_is_a_one_line_error():
+  from bigjax.models import layers  # pylint: disable=g-import-not-at-top
+  bf16 = dataclasses.replace(CFG, dtype="bfloat16")
+  assert layers.attention_implementation(CFG, dropout=False, backend="cpu") == "plain"
+  assert layers.attention_implementation(bf16, dropout=False, backend="gpu") == "cudnn"  # auto on NVIDIA
+  assert layers.attention_implementation(bf16, dropout=True, backend="gpu") == "plain"  # cuDNN has no dropout
+  assert layers.attention_implementation(CFG, dropout=False, backend="gpu") == "plain"  # float32
+  cudnn = dataclasses.replace(bf16, attention="cudnn")
+  assert layers.attention_implementation(cudnn, dropout=False, backend="gpu") == "cudnn"
+  for cfg, backend, dropout, match in (
+      (cudnn, "cpu", False, "model.attention='cudnn' runs on NVIDIA GPUs only; this backend is cpu"),
+      (dataclasses.replace(CFG, attention="cudnn"), "gpu", False, "needs model.dtype 'bfloat16' or 'float16'"),
+      (dataclasses.replace(CFG, attention="xla"), "cpu", True, "model.attention='xla' has no attention dropout")):
+    with pytest.raises(config_lib.ConfigError, match=match):
+      layers.attention_implementation(cfg, dropout=dropout, backend=backend)
+  with pytest.raises(config_lib.ConfigError, match="model.attention='flash': allowed values are 'auto', 'plain'"):
+    dataclasses.replace(CFG, attention="flash")

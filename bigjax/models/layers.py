@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.config import ModelConfig
+from bigjax.config import ConfigError, ModelConfig
 
 Array = jax.Array
 
@@ -208,6 +208,57 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(bias, (2, 0, 1))[None]
 
 
+def attention_implementation(cfg: ModelConfig, *, dropout: bool, backend: str | None = None) -> str:
+  """What computes attention for `cfg` on `backend` (default: JAX's): "plain", "xla" or "cudnn".
+
+  `auto` takes cuDNN's fused kernel (through `jax.nn.dot_product_attention`) on NVIDIA GPUs in bfloat16 or
+  float16 when no attention dropout runs, and the plain path otherwise. An explicit choice that cannot run
+  here is a ConfigError naming `model.attention` (see `check_attention`)."""
+  backend = backend or jax.default_backend()
+  choice = cfg.attention
+  if choice == "auto":
+    cudnn = backend in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") and not dropout
+    return "cudnn" if cudnn else "plain"
+  check_attention(cfg, backend, dropout=dropout)
+  return choice
+
+
+def check_attention(cfg: ModelConfig, backend: str | None = None, *, dropout: bool | None = None) -> None:
+  """Refuses, in one line, an explicit `model.attention` this backend and config cannot run."""
+  backend = backend or jax.default_backend()
+  dropout = cfg.dropout_rate > 0 if dropout is None else dropout
+  if cfg.attention in ("xla", "cudnn") and dropout:
+    raise ConfigError(f"model.attention={cfg.attention!r} has no attention dropout (model.dropout_rate="
+                      f"{cfg.dropout_rate}); use model.attention='plain' or 'auto' to train with dropout")
+  if cfg.attention == "cudnn" and backend not in ("gpu", "cuda"):
+    raise ConfigError(f"model.attention='cudnn' runs on NVIDIA GPUs only; this backend is {backend} "
+                      "(allowed here: 'auto', 'plain', 'xla')")
+  if cfg.attention == "cudnn" and cfg.dtype not in ("bfloat16", "float16"):
+    raise ConfigError(f"model.attention='cudnn' needs model.dtype 'bfloat16' or 'float16' (cuDNN's fused "
+                      f"attention), not {cfg.dtype!r}")
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array | None, bias: Array | None, *, scale: float,
+              implementation: str, dropout=None) -> Array:
+  """softmax(scale · q kᵀ + bias, masked) v for `[batch, length, heads, head_dim]` queries, keys and values;
+  `mask` (True = visible) and `bias` broadcast to `[batch, heads, q_len, kv_len]`. "plain": float32 logits
+  and softmax, then `dropout(probs)` if given; "xla" / "cudnn": `jax.nn.dot_product_attention`."""
+  if implementation == "plain":
+    q = q * jnp.asarray(scale, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if dropout is not None:
+      probs = dropout(probs)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  if bias is not None:
+    bias = bias.astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation)
+
+
 class Attention(nn.Module):
   """Multi-head attention of `x` over `kv` (itself for self-attention).
 
@@ -239,16 +290,12 @@ class Attention(nn.Module):
       k = rotary(k, positions if kv_positions is None else kv_positions, cfg.rope_theta)
     if self.decode:
       k, v = self._update_cache(k, v, cache_index)
-    if not t5:
-      q = q * jnp.asarray(cfg.kv_dim ** -0.5, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    if bias is not None:
-      logits = logits + bias
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
-    out = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, v), BTHD)
+    dropout = cfg.dropout_rate > 0 and not deterministic
+    impl = attention_implementation(cfg, dropout=dropout)
+    drop = (lambda p: nn.Dropout(cfg.dropout_rate)(p, deterministic=False)) if dropout else None
+    out = attention(q, k, v, mask, bias, scale=1.0 if t5 else cfg.kv_dim ** -0.5, implementation=impl,
+                    dropout=drop)
+    out = constrain(out, BTHD)
     out = dense((cfg.d_model,), ("heads", "kv"), ("embed",),
                 init_std=kernel_std(cfg, inner, residual=True), name="out")(out)
     return constrain(out, BTE)
