@@ -214,19 +214,18 @@ def _load_config():
   return config
 
 
-def _use_compilation_cache() -> str:
+def _use_compilation_cache() -> None:
   """JAX's persistent compilation cache, on for every command that compiles: a second run of the same
   program loads it instead of compiling. JAX_COMPILATION_CACHE_DIR (and JAX's other cache settings) win;
   else ~/.cache/bigjax/jax (XDG_CACHE_HOME respected), caching every program that took 0.1 s or more."""
   import os  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  where = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-  if not where:
-    where = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bigjax", "jax")
-    jax.config.update("jax_compilation_cache_dir", where)
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-  return where
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  jax.config.update("jax_compilation_cache_dir", os.path.join(base, "bigjax", "jax"))
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def _train(args: list[str]) -> None:

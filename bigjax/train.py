@@ -57,7 +57,7 @@ class Run:
   saved: dict | None  # The workdir's config.json before this start.
   mesh: jax.sharding.Mesh
   rules: tuple
-  data: Any  # bigjax.data.pipeline.Data
+  data: pipeline.Data
   abstract: steps.Abstract
   ckpt: ckpt_lib.Checkpointer
 

@@ -194,9 +194,9 @@ class MetricsWriter:
     self.enabled = enabled
     if self.enabled:
       # TensorBoard's own record format and protos, written through epath (no TensorFlow to import).
-      from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+      from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
       from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
-      self._event = event_pb2.Event
+      self._event, self._summary = event_pb2.Event, summary_pb2.Summary
       root = path(workdir)
       file = root / METRICS
       if file.exists():
@@ -213,11 +213,10 @@ class MetricsWriter:
   def write(self, step: int, split: str, values: dict[str, float]) -> None:
     if not self.enabled:
       return
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
     self._file.flush()
-    scalars = [summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in values.items()]
-    event = self._event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=scalars))
+    scalars = [self._summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in values.items()]
+    event = self._event(wall_time=time.time(), step=step, summary=self._summary(value=scalars))
     self._tb.write(event.SerializeToString())
     self._tb.flush()
 

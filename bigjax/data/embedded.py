@@ -23,6 +23,10 @@ class _Embedded(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return tfds.core.BuilderConfig(name=sources.fingerprint(self.name),
                                    description=f"Made by {sources.PYTHON} from its own standard library.")
 
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in ("train", "validation")}
+
 
 class PydocProse(_Embedded):
   """CPython's pydoc help topics (English prose), one example per topic."""
@@ -36,14 +40,10 @@ class PydocProse(_Embedded):
         description="Help topics from CPython's pydoc_data.topics (no download).",
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples(False), "validation": self._generate_examples(True)}
-
-  def _generate_examples(self, validation: bool):
+  def _generate_examples(self, split: str):
     from pydoc_data import topics  # pylint: disable=g-import-not-at-top
     for name in sorted(topics.topics):
-      if (zlib.crc32(name.encode("utf-8")) % 10 == 0) == validation:
+      if (zlib.crc32(name.encode("utf-8")) % 10 == 0) == (split == "validation"):
         yield name, {"text": topics.topics[name], "name": name}
 
 
@@ -59,13 +59,9 @@ class StdlibCode(_Embedded):
         description="Python source files of the running interpreter's standard library (no download).",
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples(False), "validation": self._generate_examples(True)}
-
-  def _generate_examples(self, validation: bool):
+  def _generate_examples(self, split: str):
     for rel, path in sources.stdlib_files():
-      if sources.is_code_validation(rel) != validation:
+      if sources.is_code_validation(rel) != (split == "validation"):
         continue
       with open(path, "rb") as fh:
         text = fh.read().decode("utf-8", errors="replace")
@@ -91,10 +87,6 @@ class StdlibFunctions(_Embedded):
         features=tfds.features.FeaturesDict({"code": tfds.features.Text(), "summary": tfds.features.Text(),
                                              "package": self._package_feature()}),
         description=(self.__doc__ or "").strip())
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples("train"), "validation": self._generate_examples("validation")}
 
   def _generate_examples(self, split: str):
     from bigjax.data import tasks  # pylint: disable=g-import-not-at-top

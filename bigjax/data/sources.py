@@ -492,13 +492,13 @@ def records(source: str, split: str, keys: Sequence[str], *, data_dir_: str = ""
 def class_names(source: str, key: str, *, data_dir_: str = "") -> list[str] | None:
   """The names of a TFDS ClassLabel feature `key`, in index order (None for other sources and features):
   classification then keeps the dataset's own label ids (MNLI's entailment = 0, as published)."""
-  _, tfds = import_tensorflow()
   if source in EMBEDDED:
     builder = _embedded_builder(source, "train", data_dir(data_dir_))
   elif source.startswith("tfds:"):
     builder = _tfds_builder(source[len("tfds:"):], "train", data_dir(data_dir_))
-  else:
+  else:  # Local files have no ClassLabel: no TFDS to import.
     return None
+  _, tfds = import_tensorflow()
   feature = builder.info.features[key] if key in builder.info.features else None
   return list(feature.names) if isinstance(feature, tfds.features.ClassLabel) else None
 

@@ -213,20 +213,18 @@ def attention_implementation(cfg: ModelConfig, *, dropout: bool, backend: str | 
 
   `auto` takes cuDNN's fused kernel (through `jax.nn.dot_product_attention`) on NVIDIA GPUs in bfloat16 or
   float16 when no attention dropout runs, and the plain path otherwise. An explicit choice that cannot run
-  here is a ConfigError naming `model.attention` (see `check_attention`)."""
+  here is a ConfigError naming `model.attention`."""
   backend = backend or jax.default_backend()
   choice = cfg.attention
   if choice == "auto":
     cudnn = backend in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") and not dropout
     return "cudnn" if cudnn else "plain"
-  check_attention(cfg, backend, dropout=dropout)
+  _check_attention(cfg, backend, dropout)
   return choice
 
 
-def check_attention(cfg: ModelConfig, backend: str | None = None, *, dropout: bool | None = None) -> None:
+def _check_attention(cfg: ModelConfig, backend: str, dropout: bool) -> None:
   """Refuses, in one line, an explicit `model.attention` this backend and config cannot run."""
-  backend = backend or jax.default_backend()
-  dropout = cfg.dropout_rate > 0 if dropout is None else dropout
   if cfg.attention in ("xla", "cudnn") and dropout:
     raise ConfigError(f"model.attention={cfg.attention!r} has no attention dropout (model.dropout_rate="
                       f"{cfg.dropout_rate}); use model.attention='plain' or 'auto' to train with dropout")
