@@ -4,9 +4,12 @@ compilation cache shared by the tests and their subprocesses."""
 import os
 import tempfile
 
-# XLA's CPU backend at optimisation level 0 compiles about twice as fast; results are the same (the
-# tests compare numbers across meshes and with references at fp32 tolerances, not speed).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+# The suite is compile-bound, so XLA's CPU backend is asked to compile fast, not to run fast: optimisation
+# level 0, and the elemental emitters instead of the fusion emitters (a tiny decoder's train step then
+# compiles in 0.9 s instead of 1.9 s at level 0 alone). Results agree to fp32 tolerances (the tests compare
+# numbers across meshes and with references, not speed). TEST_XLA_FLAGS is the same for subprocesses.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 " + TEST_XLA_FLAGS)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Embedded corpora and token caches are prepared once per test session in a temporary data dir,
 # unless the caller points TFDS_DATA_DIR somewhere (CI reuses one across runs this way).

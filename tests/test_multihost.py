@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, cut_after
+from conftest import REPO, TEST_XLA_FLAGS, cut_after
 from bigjax import partitioning
 from bigjax.config import ConfigError
 
@@ -55,10 +55,9 @@ class Run:
   def __init__(self, config: str, workdir: str, *overrides: str, processes: int = 1, devices: int = 4,
                env: dict | None = None):
     self.workdir, self.procs, self.logs, self.command = workdir, [], [], (config, overrides, processes, env)
-    # Optimisation level 0 compiles about twice as fast; every run compared here uses the same flags.
+    # The suite's fast-compiling flags (conftest); every run compared here uses the same ones.
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes} "
-                         "--xla_backend_optimization_level=0")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes} {TEST_XLA_FLAGS}")
     port = _free_port()
     n = len([p for p in os.listdir(os.path.dirname(workdir)) if p.startswith(os.path.basename(workdir) + ".")])
     for i in range(processes):
