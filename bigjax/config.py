@@ -33,8 +33,10 @@ ENCODER_HEADS = ("mlm", "classifier", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # What computes attention (bigjax.models.layers.attention): "auto" picks per backend and call; "plain" is
 # two einsums and a float32 softmax (any backend, attention dropout, decoding); "xla" and "cudnn" are
-# jax.nn.dot_product_attention's XLA path and its fused cuDNN kernel (NVIDIA GPUs, bfloat16/float16).
-ATTENTION = ("auto", "plain", "xla", "cudnn")
+# jax.nn.dot_product_attention's XLA path and its fused cuDNN kernel (NVIDIA GPUs, bfloat16/float16);
+# "flash" is Pallas's flash-attention kernels (TPU; NVIDIA GPUs without T5's bias), which take packed
+# segment ids instead of a dense mask, for training and scoring (KV-cache decoding steps run "plain").
+ATTENTION = ("auto", "plain", "xla", "cudnn", "flash")
 # Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
 _FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
                      "encoder_decoder": ("relative",)}
@@ -70,7 +72,7 @@ class ModelConfig:
   dropout_rate: float = 0.0  # Dropout on embeddings, attention probabilities and sublayer outputs.
   scan_layers: bool = False  # Run the blocks under nn.scan (one compiled block; params stacked on "layers").
   remat_policy: str = "none"  # Rematerialise blocks in the backward pass: none, full, dots, dots_no_batch.
-  attention: str = "auto"  # auto | plain | xla | cudnn: what computes attention (see ATTENTION).
+  attention: str = "auto"  # auto | plain | xla | cudnn | flash: what computes attention (see ATTENTION).
   init_std: float = 0.02  # Std of the normal initializer (residual projections get /sqrt(2L)).
   dtype: str = "float32"  # Compute dtype of activations.
   param_dtype: str = "float32"  # Storage dtype of parameters.

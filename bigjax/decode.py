@@ -353,6 +353,14 @@ def make_sampler(mcfg, sample_len: int, temperature: float, top_k: int, eos_id: 
   return jax.jit(run)
 
 
+def in_dtype(cfg, params, dtype: str):
+  """`(cfg, params)` computing in `dtype` with its weights stored in it: a decoding step then reads half the
+  bytes in bfloat16, and the KV cache (in the compute dtype) is half as large. Logits stay float32."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  return dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype), jax.tree_util.tree_map(cast, params)
+
+
 @functools.lru_cache(maxsize=4)
 def _encoder(cfg):
   from bigjax import models  # pylint: disable=g-import-not-at-top
@@ -381,8 +389,9 @@ def _compiled(cfg, num_beams, max_new_tokens, eos_id, pad_id, length_penalty, ea
 
 def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids: list[str], tokenizer: str | None,
          max_new_tokens: int, temperature: float, top_k: int, top_p: float, num_beams: int,
-         length_penalty: float, seed: int) -> None:
-  """`bigjax decode`: prints, for each prompt, the prompt, the generated text and the ids."""
+         length_penalty: float, seed: int, dtype: str | None = None) -> None:
+  """`bigjax decode`: prints, for each prompt, the prompt, the generated text and the ids; `dtype` casts
+  the model (weights, activations, KV cache) first (`in_dtype`)."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   from bigjax import convert  # pylint: disable=g-import-not-at-top
   from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -397,6 +406,8 @@ def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids:
     spiece = [p for p in ("spiece.model", "tokenizer.model") if (epath.Path(hf) / p).exists()]
     tok_name = tokenizer or (str(epath.Path(hf) / spiece[0]) if spiece else "")
     special = convert.hf_special_ids(hf)
+  if dtype:
+    cfg, params = in_dtype(cfg, params, dtype)
   tok = tokenizer_lib.load(tok_name) if tok_name else None
   if prompts and tok is None:
     raise ConfigError("--prompt text needs a tokenizer: pass --tokenizer (a SentencePiece .model or 'byte') "

@@ -6,6 +6,7 @@ import math
 import resource
 
 import jax
+from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -146,21 +147,28 @@ def converted(kw, seed=0):
 @pytest.mark.parametrize("case", ["v1_0_relu_tied", "v1_1_gated_gelu_untied"])
 def test_t5_kv_cache_matches_full_forward(case):
   """Decoding token by token (and a prefill chunk, then token by token) with init_cache + step_fn
-  gives the full forward's logits, past max_distance so that the decoder's log buckets are used."""
+  gives the full forward's logits, past max_distance so that the decoder's log buckets are used.
+  Cross-attention keys and values come from the encoder output at the first step only: the later steps
+  are given a zeroed encoder output and must not notice."""
   cfg, params = converted(CASES[case], seed=2)
   module = models.build(cfg)
   ids, mask, dec, _ = padded_batch(cfg.vocab_size, seed=2)
   ids, mask, dec = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec)
   want = np.asarray(module.apply({"params": params}, ids, dec, attention_mask=mask))
   encoded = module.apply({"params": params}, ids, attention_mask=mask, method=module.encode)
-  step = jax.jit(models.step_fn(cfg, params, encoded, mask))
+  first = jax.jit(models.step_fn(cfg, params, encoded, mask))
+  later = jax.jit(models.step_fn(cfg, params, jnp.zeros_like(encoded), mask))
   rows = ids.shape[0]
   for prefill in (1, 7):  # All single tokens; a 7-token chunk then single tokens.
     cache = models.init_cache(cfg, rows, DEC_LEN, ENC_LEN)
-    logits, cache = step(dec[:, :prefill], cache)
+    assert not any("cross" in "/".join(map(str, k)) for k in traverse_util.flatten_dict(cache))
+    logits, cache = first(dec[:, :prefill], cache)
+    cross = {k: v for k, v in traverse_util.flatten_dict(cache).items() if k[-1].startswith("cross_")}
+    assert len(cross) == 2 * cfg.decoder_layers
+    assert all(v.shape == (rows, ENC_LEN, cfg.num_heads, cfg.kv_dim) for v in cross.values())
     got = [logits]
     for i in range(prefill, DEC_LEN):
-      logits, cache = step(dec[:, i:i + 1], cache)
+      logits, cache = later(dec[:, i:i + 1], cache)
       got.append(logits)
     err = float(np.max(np.abs(np.concatenate(got, 1) - want)))
     print(f"\nkv cache {case} prefill={prefill}: worst |Δlogit| = {err:.2e}")

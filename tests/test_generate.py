@@ -102,3 +102,42 @@ def test_cached_decoding_equals_recomputing_the_prefix(gpt2):
   plain, empty = models.uncached_step_fn(cfg, params, 17)
   recomputed = decode.generate(plain, empty(3), jnp.asarray(prompts), lengths, jax.random.PRNGKey(0), **settings)
   np.testing.assert_array_equal(cached, recomputed)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_scanned_layers_decode_like_unscanned_layers(request, family):
+  """With `model.scan_layers` every cache entry still has rows first (the stacked layer axis second), so
+  beam search reorders rows, not layers: beam and greedy outputs equal the unscanned model's."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from bigjax import models  # pylint: disable=g-import-not-at-top
+  model, (cfg, params) = request.getfixturevalue(family)
+  scanned = dataclasses.replace(cfg, scan_layers=True)
+  eos = model.config.eos_token_id
+  rows = 2
+  cache = models.init_cache(scanned, rows, 8, 4)
+  assert all(x.ndim == 0 or x.shape[0] == rows for x in __import__("jax").tree.leaves(cache))
+  for beams in (1, 3):
+    run = lambda c, p: decode.for_model(c, p, PROMPTS, max_new_tokens=8, eos_id=eos, pad_id=0, num_beams=beams)
+    assert run(scanned, models.to_layout(scanned, params)) == run(cfg, params)
+
+
+def test_bfloat16_decoding_halves_the_weights_and_the_cache(gpt2):
+  """`in_dtype` (`bigjax decode --dtype bfloat16`): weights and KV cache in bfloat16 (half the bytes a step
+  reads), next-token logits close to float32's, and decoding runs on it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bigjax import models  # pylint: disable=g-import-not-at-top
+  _, (cfg, params) = gpt2
+  bf_cfg, bf_params = decode.in_dtype(cfg, params, "bfloat16")
+  nbytes = lambda tree: sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
+  assert nbytes(bf_params) * 2 == nbytes(params)
+  float_cache = lambda c: {k: v for k, v in __import__("flax").traverse_util.flatten_dict(c).items()
+                           if v.dtype.kind == "f" or str(v.dtype) == "bfloat16"}
+  cache, bf_cache = models.init_cache(cfg, 3, 17), models.init_cache(bf_cfg, 3, 17)
+  assert float_cache(bf_cache) and all(str(v.dtype) == "bfloat16" for v in float_cache(bf_cache).values())
+  assert nbytes(float_cache(bf_cache)) * 2 == nbytes(float_cache(cache))
+  ids = np.asarray([PROMPTS[0]])
+  want = np.asarray(models.build(cfg).apply({"params": params}, ids))
+  got = np.asarray(models.build(bf_cfg).apply({"params": bf_params}, ids))
+  assert got.dtype == np.float32 and np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+  out = decode.for_model(bf_cfg, bf_params, PROMPTS, max_new_tokens=6, eos_id=-1, pad_id=0)
+  assert [o[:len(p)] for o, p in zip(out, PROMPTS)] == PROMPTS and all(len(o) == len(p) + 6 for o, p in zip(out, PROMPTS))

@@ -168,6 +168,11 @@ def test_convert_both_ways_fine_tune_and_decode(tmp_path, text_file):
       assert f"[ids] {','.join(map(str, want.tolist()))}" in r.stdout, r.stdout
       if prompt == [5, 6, 7]:  # Straight from the Hugging Face directory: the same tokens.
         assert f"[ids] {','.join(map(str, want.tolist()))}" in straight.stdout, straight.stdout
+  bf16 = bigjax("decode", "--hf", str(tmp_path / "hf"), "--prompt_ids", "5,6,7", "--max_new_tokens", "6",
+                "--dtype", "bfloat16")  # Rounded weights may pick other tokens; the run and its shape are checked.
+  ids = [line for line in bf16.stdout.splitlines() if line.startswith("[ids] ")]
+  assert bf16.returncode == 0 and len(ids) == 1 and ids[0][6:].split(",")[:3] == ["5", "6", "7"], bf16.stderr[-2000:]
+  assert len(ids[0][6:].split(",")) <= 9
 
   tiny = ["--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
           "--config.model.d_ff=64", "--config.model.vocab_size=259", "--config.model.max_len=64",

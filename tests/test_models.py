@@ -267,5 +267,107 @@ def test_attention_that_cannot_run_here_is_a_one_line_error():
       (dataclasses.replace(CFG, attention="xla"), "cpu", True, "model.attention='xla' has no attention dropout")):
     with pytest.raises(config_lib.ConfigError, match=match):
       layers.attention_implementation(cfg, dropout=dropout, backend=backend)
-  with pytest.raises(config_lib.ConfigError, match="model.attention='flash': allowed values are 'auto', 'plain'"):
-    dataclasses.replace(CFG, attention="flash")
+  flash = dataclasses.replace(CFG, attention="flash")
+  assert layers.attention_implementation(flash, dropout=False, backend="tpu") == "flash"
+  assert layers.attention_implementation(flash, dropout=False, backend="gpu") == "flash"
+  assert layers.attention_implementation(flash, dropout=False, backend="tpu", decode=True) == "plain"
+  for cfg, backend, dropout, match in (
+      (flash, "cpu", False, "model.attention='flash' runs the Pallas kernels of TPUs and NVIDIA GPUs; this "
+                            "backend is cpu"),
+      (flash, "tpu", True, "model.attention='flash' has no attention dropout"),
+      (dataclasses.replace(FAMILY_CFGS["t5_v1_1"], attention="flash"), "gpu", False,
+       "model.attention='flash' on GPUs has no additive bias")):
+    with pytest.raises(config_lib.ConfigError, match=match):
+      layers.attention_implementation(cfg, dropout=dropout, backend=backend)
+  with pytest.raises(config_lib.ConfigError, match="model.attention='splash': allowed values are 'auto', 'plain'"):
+    dataclasses.replace(CFG, attention="splash")
+
+
+@pytest.fixture
+def pallas_tpu_interpreted(monkeypatch):
+  """The flash path as on a TPU: bigjax sees backend "tpu" and Pallas interprets the TPU kernels on CPU."""
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  from bigjax.models import layers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(layers, "_backend", lambda: "tpu")
+  calls, kernel = [], layers.flash_attention
+  monkeypatch.setattr(layers, "flash_attention", lambda *a, **kw: calls.append(kw["causal"]) or kernel(*a, **kw))
+  with pltpu.force_tpu_interpret_mode():
+    yield calls  # One entry (its `causal`) for every attention the kernel computed, as traced.
+
+
+@pytest.mark.parametrize("name", ["bert", "llama_style", "t5_v1_1"])
+def test_flash_attention_equals_the_plain_path(name, pallas_tpu_interpreted):
+  """Pallas's TPU flash kernel (interpreted) gives the plain path's logits and gradients at every real
+  position: causal and bidirectional, padding, packed segments, T5's bias (whose gradient the kernel
+  returns) and cross-attention over the encoder's segments. Padding positions, whose outputs no loss reads,
+  are left out."""
+  n = 128  # The TPU kernel's segment ids need key blocks of 128 (its lanes).
+  layers_ = {"num_layers": 1, "num_decoder_layers": 1 if name == "t5_v1_1" else 0}  # Interpreting is slow.
+  plain_cfg = dataclasses.replace(ATTENTION_CASES[name], attention="plain", max_len=n, **layers_)
+  plain, flash = models.build(plain_cfg), models.build(dataclasses.replace(plain_cfg, attention="flash"))
+  rng = np.random.default_rng(4)
+  ids = jnp.asarray(rng.integers(3, 64, (2, n)), jnp.int32)
+  mask = jnp.asarray([[1] * n, [1] * 100 + [0] * 28])
+  seg = jnp.asarray([[1] * 50 + [2] * 60 + [3] * 18, [1] * 70 + [2] * 40 + [0] * 18])
+  args, cases = (ids,), [({"attention_mask": mask}, mask)]
+  if plain_cfg.family == "encoder_decoder":
+    dec = jnp.asarray(rng.integers(3, 64, (2, n)), jnp.int32)
+    dec_mask = jnp.asarray([[1] * n, [1] * 90 + [0] * 38])
+    dec_seg = jnp.asarray([[1] * 40 + [2] * 70 + [3] * 18, [1] * 60 + [2] * 30 + [0] * 38])
+    args = (ids, dec)
+    cases = [({"attention_mask": mask, "decoder_attention_mask": dec_mask}, dec_mask),
+             ({"segment_ids": seg, "decoder_segment_ids": dec_seg}, dec_seg != 0)]
+  else:
+    pos = jnp.asarray([list(range(50)) + list(range(60)) + list(range(18)),
+                       list(range(70)) + list(range(40)) + [0] * 18])
+    cases.append(({"segment_ids": seg, "positions": pos}, seg != 0))
+  params = nn.meta.unbox(jax.jit(plain.init)(jax.random.PRNGKey(0), *args)["params"])
+  for call, real in cases:
+    real = np.asarray(real, bool)
+    def loss(p, module):
+      out = module.apply({"params": p}, *args, **call)
+      w = real[..., None] if out.ndim == 3 else 1.0  # A classifier's pooled logits use the [CLS] row only.
+      return jnp.sum(jnp.sin(out) * w), out
+    (_, want), g_want = jax.jit(jax.value_and_grad(lambda p: loss(p, plain), has_aux=True))(params)
+    pallas_tpu_interpreted.clear()
+    (_, got), g_got = jax.jit(jax.value_and_grad(lambda p: loss(p, flash), has_aux=True))(params)
+    # Every attention of the model went through the kernel: self-attention (causal in decoders), T5's cross.
+    assert sorted(pallas_tpu_interpreted) == {"bert": [False], "llama_style": [True],
+                                              "t5_v1_1": [False, False, True]}[name], pallas_tpu_interpreted
+    want, got = np.asarray(want), np.asarray(got)
+    if want.ndim == 3:
+      want, got = want[real], got[real]
+    np.testing.assert_allclose(got, want, atol=2e-5, err_msg=str(sorted(call)))
+    for a, b in zip(jax.tree_util.tree_leaves(g_got), jax.tree_util.tree_leaves(g_want)):  # Sums over 2 x 128
+      np.testing.assert_allclose(a, b, atol=2e-6 * np.abs(b).max() + 2e-5, rtol=1e-4, err_msg=str(sorted(call)))
+
+
+def test_flash_refuses_a_prefix_lm_mask(pallas_tpu_interpreted):
+  flash = models.build(dataclasses.replace(CFG, attention="flash"))
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = jax.eval_shape(flash.init, jax.random.PRNGKey(0), ids)
+  with pytest.raises(config_lib.ConfigError, match="model.attention='flash' has causal and segment masks only"):
+    jax.eval_shape(lambda p: flash.apply(p, ids, prefix_mask=jnp.ones((1, 8), jnp.int32)), params)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_gpu_flash_kernel_interpreted_equals_the_plain_path(causal):
+  """Pallas's GPU kernel (Triton on NVIDIA GPUs; interpreted here): self-attention with packed segments,
+  forward and gradients, at every position that has a segment."""
+  from bigjax.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 32, 2, 16)), jnp.float32) for _ in range(3))
+  seg = jnp.asarray([[1] * 10 + [2] * 14 + [3] * 8, [1] * 20 + [2] * 8 + [0] * 4])
+  dense = layers.combine_masks(layers.causal_mask(32)[None, None] if causal else None, layers.segment_mask(seg))
+  real = np.asarray(seg != 0)
+  def loss(fn):
+    out = fn(q, k, v)
+    return jnp.sum(jnp.sin(out) * real[..., None, None]), out
+  plain = lambda q, k, v: layers.attention(q, k, v, dense, None, scale=0.25, implementation="plain")
+  kernel = lambda q, k, v: layers.flash_attention(q, k, v, layers.self_segments(None, seg), None, scale=0.25,
+                                                  causal=causal, backend="gpu", interpret=True)
+  (_, want), g_want = jax.value_and_grad(lambda *a: loss(lambda *_: plain(*a)), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  (_, got), g_got = jax.value_and_grad(lambda *a: loss(lambda *_: kernel(*a)), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=2e-5)
+  for a, b in zip(g_got, g_want):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)

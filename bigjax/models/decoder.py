@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bigjax.models import layers
-from bigjax.config import ModelConfig
+from bigjax.config import ConfigError, ModelConfig
 
 
 def decode_position(module: nn.Module, tokens):
@@ -51,6 +51,8 @@ class Decoder(nn.Module):
     b, n = input_ids.shape
     tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
                           cfg.dtype, cfg.param_dtype, name="token_embed")
+    flash = layers.attention_implementation(cfg, dropout=cfg.dropout_rate > 0 and not deterministic,
+                                            decode=self.decode) == "flash"
     if self.decode:
       if segment_ids is not None or prefix_mask is not None:
         raise ValueError("decode=True steps one sequence per row: segment_ids and prefix_mask are for "
@@ -64,9 +66,14 @@ class Decoder(nn.Module):
         positions = jnp.broadcast_to(jnp.arange(n), (b, n))
       mask = layers.causal_mask(n)[None, None]
       if prefix_mask is not None:
+        if flash:
+          raise ConfigError("model.attention='flash' has causal and segment masks only, not a prefix LM's; "
+                            "use 'auto', 'plain', 'xla' or 'cudnn'")
         mask = jnp.logical_or(mask, layers.prefix_visible(prefix_mask))
     mask = layers.combine_masks(mask, None if self.decode else layers.padding_mask(attention_mask),
                                 layers.segment_mask(segment_ids))
+    if flash:
+      mask = layers.self_segments(attention_mask, segment_ids)
 
     x = tokens(input_ids)
     if cfg.positions == "learned":
@@ -74,7 +81,8 @@ class Decoder(nn.Module):
                            cfg.dtype, cfg.param_dtype, name="position_embed")(positions)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BTE)
-    x = layers.Stack(cfg, cfg.num_layers, decode=self.decode, deterministic=deterministic, name="decoder")(
+    x = layers.Stack(cfg, cfg.num_layers, decode=self.decode, deterministic=deterministic, causal=True,
+                     name="decoder")(
         x, mask, None, positions, None, None, index)
     x = layers.norm(cfg, "ln_final")(x)
     if cfg.tie_embeddings:

@@ -44,11 +44,12 @@ class DecoderStack(nn.Module):
       q_positions = index + jnp.arange(n)
     else:
       index, kv_len, q_positions = None, n, jnp.arange(n)
-      mask = layers.combine_masks(layers.causal_mask(n)[None, None], self_mask)
+      mask = self_mask if isinstance(self_mask, layers.Segments) else layers.combine_masks(
+          layers.causal_mask(n)[None, None], self_mask)
     bias = layers.RelativePositionBias(cfg, bidirectional=False, name="relative_bias")(q_positions, kv_len)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.Stack(cfg, cfg.decoder_layers, cross=True, decode=self.decode, deterministic=deterministic,
-                     name="layers")(x, mask, bias, None, encoded, cross_mask, index)
+                     causal=True, name="layers")(x, mask, bias, None, encoded, cross_mask, index)
     x = layers.norm(cfg, "ln_final")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -79,8 +80,16 @@ class EncoderDecoder(nn.Module):
 
   def encode(self, input_ids, attention_mask=None, segment_ids=None, deterministic: bool = True):
     x = self.token_embed(input_ids)
-    mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
+    if self._flash(deterministic):
+      mask = layers.self_segments(attention_mask, segment_ids)
+    else:
+      mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
     return self.encoder(x, mask, deterministic)
+
+  def _flash(self, deterministic: bool) -> bool:
+    """Whether the model's attention runs the flash kernels, which take `layers.Segments` for masks."""
+    return layers.attention_implementation(self.cfg, dropout=self.cfg.dropout_rate > 0 and not deterministic,
+                                           decode=self.decode) == "flash"
 
   def decode_step(self, decoder_input_ids, encoded, attention_mask=None, decoder_attention_mask=None,
                   segment_ids=None, decoder_segment_ids=None, deterministic: bool = True):
@@ -94,6 +103,9 @@ class EncoderDecoder(nn.Module):
                                        layers.segment_mask(decoder_segment_ids))
     cross_mask = layers.combine_masks(layers.padding_mask(attention_mask),
                                       layers.segment_mask(decoder_segment_ids, segment_ids))
+    if self._flash(deterministic):
+      self_mask = layers.self_segments(decoder_attention_mask, decoder_segment_ids)
+      cross_mask = layers.cross_segments(decoder_input_ids.shape, decoder_segment_ids, attention_mask, segment_ids)
     x = self.decoder(x, self_mask, encoded, cross_mask, deterministic)
     if cfg.tie_embeddings:
       logits = self.token_embed.attend(x * jnp.asarray(cfg.d_model ** -0.5, x.dtype))

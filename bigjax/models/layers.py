@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -208,24 +208,31 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(bias, (2, 0, 1))[None]
 
 
-def attention_implementation(cfg: ModelConfig, *, dropout: bool, backend: str | None = None) -> str:
-  """What computes attention for `cfg` on `backend` (default: JAX's): "plain", "xla" or "cudnn".
+def _backend() -> str:
+  return jax.default_backend()
+
+
+def attention_implementation(cfg: ModelConfig, *, dropout: bool, backend: str | None = None,
+                             decode: bool = False) -> str:
+  """What computes attention for `cfg` on `backend` (default: JAX's): "plain", "xla", "cudnn" or "flash".
 
   `auto` takes cuDNN's fused kernel (through `jax.nn.dot_product_attention`) on NVIDIA GPUs in bfloat16 or
-  float16 when no attention dropout runs, and the plain path otherwise. An explicit choice that cannot run
-  here is a ConfigError naming `model.attention`."""
-  backend = backend or jax.default_backend()
+  float16 when no attention dropout runs, and the plain path otherwise. "flash" (the Pallas kernels, TPU
+  and NVIDIA GPU) serves training and scoring; KV-cache decoding steps (`decode=True`: a few queries over
+  the cache) take the plain path. An explicit choice that cannot run here is a ConfigError naming
+  `model.attention`."""
+  backend = backend or _backend()
   choice = cfg.attention
   if choice == "auto":
-    cudnn = backend in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") and not dropout
+    cudnn = backend in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") and not dropout and not decode
     return "cudnn" if cudnn else "plain"
   _check_attention(cfg, backend, dropout)
-  return choice
+  return "plain" if decode and choice == "flash" else choice
 
 
 def _check_attention(cfg: ModelConfig, backend: str, dropout: bool) -> None:
   """Refuses, in one line, an explicit `model.attention` this backend and config cannot run."""
-  if cfg.attention in ("xla", "cudnn") and dropout:
+  if cfg.attention in ("xla", "cudnn", "flash") and dropout:
     raise ConfigError(f"model.attention={cfg.attention!r} has no attention dropout (model.dropout_rate="
                       f"{cfg.dropout_rate}); use model.attention='plain' or 'auto' to train with dropout")
   if cfg.attention == "cudnn" and backend not in ("gpu", "cuda"):
@@ -234,6 +241,68 @@ def _check_attention(cfg: ModelConfig, backend: str, dropout: bool) -> None:
   if cfg.attention == "cudnn" and cfg.dtype not in ("bfloat16", "float16"):
     raise ConfigError(f"model.attention='cudnn' needs model.dtype 'bfloat16' or 'float16' (cuDNN's fused "
                       f"attention), not {cfg.dtype!r}")
+  if cfg.attention == "flash" and backend not in ("tpu", "gpu", "cuda"):
+    raise ConfigError(f"model.attention='flash' runs the Pallas kernels of TPUs and NVIDIA GPUs; this backend "
+                      f"is {backend} (allowed here: 'auto', 'plain', 'xla')")
+  if cfg.attention == "flash" and backend != "tpu" and cfg.family == "encoder_decoder":
+    raise ConfigError("model.attention='flash' on GPUs has no additive bias, which T5's relative positions need "
+                      "(model.family='encoder_decoder'); use 'cudnn', 'xla' or 'auto'")
+
+
+class Segments(NamedTuple):
+  """What the flash kernels take instead of a dense mask: `[batch, q_len]` and `[batch, kv_len]` int32 ids;
+  a query attends the keys of its own id (and, in causal attention, not after it). Packed rows give their
+  segment ids (0 = padding), unpacked rows their 1/0 attention mask; `q=None` means nothing is masked."""
+  q: Array | None
+  kv: Array | None
+
+
+def self_segments(mask: Array | None, segment_ids: Array | None) -> Segments:
+  """Self-attention's segment ids from a call's `[batch, length]` 1/0 mask and packed segment ids (these
+  win). A padding query (id 0) sees only padding keys, where the dense mask shows it none: its output is
+  never used."""
+  ids = segment_ids if segment_ids is not None else mask
+  return Segments(None, None) if ids is None else Segments(ids.astype(jnp.int32), ids.astype(jnp.int32))
+
+
+def cross_segments(q_shape: tuple[int, int], q_segments: Array | None, kv_mask: Array | None,
+                   kv_segments: Array | None) -> Segments:
+  """Cross-attention's: packed decoder segment k sees encoder segment k; otherwise every query sees the
+  encoder's unpadded keys."""
+  kv = kv_segments if kv_segments is not None else kv_mask
+  if kv is None:
+    return Segments(None, None)
+  q = q_segments if q_segments is not None else jnp.ones(q_shape, jnp.int32)
+  return Segments(q.astype(jnp.int32), kv.astype(jnp.int32))
+
+
+def flash_attention(q: Array, k: Array, v: Array, seg: Segments, bias: Array | None, *, scale: float,
+                    causal: bool, backend: str, interpret: bool = False) -> Array:
+  """The Pallas flash-attention kernels on `[batch, length, heads, head_dim]` inputs: on TPU
+  `pallas.ops.tpu.flash_attention` (segment ids for queries and keys, causal, an additive bias), on NVIDIA
+  GPUs `pallas.ops.gpu.attention.mha` (self-attention segment ids, causal). Tests run them in Pallas's
+  interpret mode on CPU (`interpret=True` for the GPU kernel, `pltpu.force_tpu_interpret_mode()` for TPU)."""
+  b, q_len, heads, _ = q.shape
+  kv_len = k.shape[1]
+  if backend == "tpu":
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # pylint: disable=g-import-not-at-top
+    bq, bk = min(128, q_len), min(128, kv_len)
+    blocks = tpu_flash.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1, block_q_major_dkv=bq,
+                                  block_k_major_dkv=bk, block_k_dkv=bk, block_q_dkv=bq, block_k_major_dq=bk,
+                                  block_k_dq=bk, block_q_dq=bq)
+    if seg.q is not None and kv_len % 128:
+      raise ConfigError(f"model.attention='flash' on TPU masks keys in blocks of 128; this call has {kv_len} keys "
+                        "(make data.seq_len, and T5's target length, multiples of 128, or use 'xla')")
+    ids = None if seg.q is None else tpu_flash.SegmentIds(seg.q, seg.kv)
+    # The kernel scales the biased logits, (q·k + bias) * scale; the bias is pre-divided to mean q·k * scale + bias.
+    ab = None if bias is None else jnp.broadcast_to(bias / scale, (b, heads, q_len, kv_len)).astype(jnp.float32)
+    t = lambda x: jnp.swapaxes(x, 1, 2)  # The kernel's layout: [batch, heads, length, head_dim].
+    out = tpu_flash.flash_attention(t(q), t(k), t(v), ab, ids, causal=causal, sm_scale=scale, block_sizes=blocks)
+    return t(out)
+  from jax.experimental.pallas.ops.gpu import attention as gpu_attention  # pylint: disable=g-import-not-at-top
+  if bias is not None or q_len != kv_len:
+    raise ValueError("the GPU flash kernel runs self-attention without an additive bias")
+  return gpu_attention.mha(q, k, v, seg.q, sm_scale=scale, causal=causal, interpret=interpret)
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array | None, bias: Array | None, *, scale: float,
@@ -261,13 +330,16 @@ class Attention(nn.Module):
   """Multi-head attention of `x` over `kv` (itself for self-attention).
 
   T5 (family encoder_decoder) does not scale the logits by 1/sqrt(head_dim): its initialisation
-  accounts for it. With `decode=True` (self-attention only) keys and values are written into the
-  "cache" collection at `cache_index` and the queries attend over the whole cache; the caller's mask
-  says which cache positions are visible.
+  accounts for it. With `decode=True`, self-attention writes its keys and values into the "cache"
+  collection at `cache_index` and the queries attend over the whole cache (the caller's mask says which
+  cache positions are visible); cross-attention (`cross=True`) projects the encoder output `kv` into keys
+  and values at the first step only, keeps them in the cache, and reads them there at every later step.
   """
 
   cfg: ModelConfig
   decode: bool = False
+  cross: bool = False
+  causal: bool = False  # Only the flash kernels read it: they take `Segments`, not a dense causal mask.
 
   @nn.compact
   def __call__(self, x: Array, kv: Array, mask: Array | None, bias: Array | None = None,
@@ -279,20 +351,29 @@ class Attention(nn.Module):
     inner = cfg.num_heads * cfg.kv_dim
     t5 = cfg.family == "encoder_decoder"
     q_std = kernel_std(cfg, cfg.d_model * cfg.kv_dim) if t5 else cfg.init_std
-    q = dense(hk, ("embed",), ("heads", "kv"), init_std=q_std, name="query")(x)
-    k = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="key")(kv)
-    v = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="value")(kv)
-    q, k, v = (constrain(t, BTHD) for t in (q, k, v))
+    q = constrain(dense(hk, ("embed",), ("heads", "kv"), init_std=q_std, name="query")(x), BTHD)
+    if self.decode and self.cross and self.has_variable("cache", "cross_key"):
+      k, v = self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+    else:
+      k = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="key")(kv)
+      v = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="value")(kv)
+      k, v = constrain(k, BTHD), constrain(v, BTHD)
+      if self.decode and self.cross and not self.is_initializing():  # The first step: kept for the rest.
+        self.put_variable("cache", "cross_key", k)
+        self.put_variable("cache", "cross_value", v)
     if cfg.positions == "rotary":
       q = rotary(q, positions, cfg.rope_theta)
       k = rotary(k, positions if kv_positions is None else kv_positions, cfg.rope_theta)
-    if self.decode:
+    if self.decode and not self.cross:
       k, v = self._update_cache(k, v, cache_index)
-    dropout = cfg.dropout_rate > 0 and not deterministic
-    impl = attention_implementation(cfg, dropout=dropout)
-    drop = (lambda p: nn.Dropout(cfg.dropout_rate)(p, deterministic=False)) if dropout else None
-    out = attention(q, k, v, mask, bias, scale=1.0 if t5 else cfg.kv_dim ** -0.5, implementation=impl,
-                    dropout=drop)
+    scale = 1.0 if t5 else cfg.kv_dim ** -0.5
+    if isinstance(mask, Segments):  # The model chose the flash kernels (`attention_implementation`).
+      out = flash_attention(q, k, v, mask, bias, scale=scale, causal=self.causal, backend=_backend())
+    else:
+      dropout = cfg.dropout_rate > 0 and not deterministic
+      impl = attention_implementation(cfg, dropout=dropout, decode=self.decode)
+      drop = (lambda p: nn.Dropout(cfg.dropout_rate)(p, deterministic=False)) if dropout else None
+      out = attention(q, k, v, mask, bias, scale=scale, implementation=impl, dropout=drop)
     out = constrain(out, BTHD)
     out = dense((cfg.d_model,), ("heads", "kv"), ("embed",),
                 init_std=kernel_std(cfg, inner, residual=True), name="out")(out)
@@ -366,6 +447,7 @@ class Block(nn.Module):
   cross: bool = False
   decode: bool = False
   deterministic: bool = True
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask, bias, positions, encoded, cross_mask, cache_index):
@@ -377,11 +459,11 @@ class Block(nn.Module):
         return norm(cfg, f"ln_{name}")(x + drop(fn(x)))
       return x + drop(fn(norm(cfg, f"ln_{name}")(x)))
 
-    attn = Attention(cfg, decode=self.decode, name="attention")
+    attn = Attention(cfg, decode=self.decode, causal=self.causal, name="attention")
     x = sublayer("attention", lambda h: attn(h, h, mask, bias, positions, None, cache_index,
                                              self.deterministic), x)
     if self.cross:
-      cross = Attention(cfg, name="cross_attention")
+      cross = Attention(cfg, decode=self.decode, cross=True, name="cross_attention")
       x = sublayer("cross_attention", lambda h: cross(h, encoded, cross_mask, None, None, None, None,
                                                       self.deterministic), x)
     mlp = Mlp(cfg, name="mlp")
@@ -405,6 +487,7 @@ class Stack(nn.Module):
   cross: bool = False
   decode: bool = False
   deterministic: bool = True
+  causal: bool = False  # Causal self-attention (decoders); the flash kernels need to be told.
 
   @nn.compact
   def __call__(self, x, mask=None, bias=None, positions=None, encoded=None, cross_mask=None,
@@ -413,10 +496,11 @@ class Stack(nn.Module):
     block = Block
     if cfg.remat_policy != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-    kw = dict(cfg=cfg, cross=self.cross, decode=self.decode, deterministic=self.deterministic)
+    kw = dict(cfg=cfg, cross=self.cross, decode=self.decode, deterministic=self.deterministic, causal=self.causal)
     args = (mask, bias, positions, encoded, cross_mask, cache_index)
     if cfg.scan_layers:
-      scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+      # Cache entries keep rows as their leading axis (beam search reorders rows on axis 0): layers is axis 1.
+      scanned = nn.scan(block, variable_axes={"params": 0, "cache": 1},
                         split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
                         length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = scanned(**kw, name="blocks")(x, *args)
