@@ -173,6 +173,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Stacks of 24 layers or more are scanned by default: measured with experiments/benchmarks/compile.py
+# (decoder train step, this project's 2-core CPU, 2026-12-02), the unrolled stack's trace + lower + compile
+# took 15.2 / 54.0 / 297.5 s at 12 / 24 / 48 layers and the scanned one 3.9 / 3.2 / 4.4 s, its step no
+# slower. An explicit model.scan_layers wins, as every explicit field does.
+SCAN_FROM_LAYERS = 24
+for _p in PRESETS.values():
+  if _p["num_layers"] >= SCAN_FROM_LAYERS:
+    _p["scan_layers"] = True
+del _p
+
+
 def preset(name: str, **overrides) -> ModelConfig:
   if name not in PRESETS:
     raise ConfigError(f"model.preset={name!r} is not a preset; known: {', '.join(PRESETS)}")
@@ -198,7 +209,8 @@ def _model_fields(section: Mapping[str, Any]) -> dict[str, Any]:
   base = preset(name).to_dict() if name else ModelConfig().to_dict()
   if name and all(d.get(k) is not None for k in _ALWAYS_SAVED):
     defaults = ModelConfig().to_dict()
-    return {**defaults, **{k: (base[k] if k in base and v == defaults[k] else v)
+    # scan_layers came into presets after that format: such a file's saved value is the one it trained with.
+    return {**defaults, **{k: (base[k] if k in base and v == defaults[k] and k != "scan_layers" else v)
                            for k, v in d.items() if v is not None}}
   return {**base, **{k: v for k, v in d.items() if v is not None or k not in base}}
 

@@ -368,6 +368,7 @@ def _plan(args: list[str]) -> None:
          "[--topology NAME | --devices N --device_memory SIZE]")
   config = _load_config()
   from bigjax import plan  # pylint: disable=g-import-not-at-top  (heavy: JAX)
+  _use_compilation_cache()  # The memory analysis compiles the step when the mesh fits here.
   plan.main(config, mesh=_MESH.value, devices=_DEVICES.value, device_memory=_DEVICE_MEMORY.value,
             topology=_TOPOLOGY.value, compile_here=_COMPILE.value)
 

@@ -117,3 +117,20 @@ def test_decay_steps_horizon():
   c.optim.decay_steps = -1
   with pytest.raises(ConfigError, match=r"optim.decay_steps=-1: must be an integer >= 0"):
     config_lib.validate(c)
+
+
+def test_deep_presets_are_scanned_unless_told_otherwise():
+  """Presets of SCAN_FROM_LAYERS layers or more run scanned (compile time; experiments/benchmarks/compile.py);
+  an explicit model.scan_layers=False wins, and a config.json of the format before explicit values won
+  keeps the layout it trained with."""
+  import ml_collections
+  assert config_lib.SCAN_FROM_LAYERS == 24
+  for name, fields in config_lib.PRESETS.items():
+    assert config_lib.preset(name).scan_layers == (fields["num_layers"] >= 24), name
+  c = config_lib.default_config()
+  c.model.preset = "gpt2_medium"
+  assert config_lib.model_config(c).scan_layers
+  c.model.scan_layers = False
+  assert not config_lib.model_config(c).scan_layers
+  old = {"model": {**config_lib.ModelConfig().to_dict(), "preset": "bert_large", "vocab_size": 30522}}
+  assert not config_lib.model_config(ml_collections.ConfigDict(old)).scan_layers
