@@ -52,6 +52,7 @@ class ModelConfig:
   num_layers: int = 4  # Transformer blocks (the encoder's, for encoder_decoder).
   num_decoder_layers: int = 0  # encoder_decoder: decoder blocks (0 = num_layers).
   num_heads: int = 4  # Attention heads.
+  num_kv_heads: int = 0  # Key/value heads (decoders; grouped-query attention when fewer); 0 = num_heads.
   head_dim: int = 0  # Per-head width; 0 means d_model // num_heads (T5 sets it: d_kv).
   d_ff: int = 1024  # Hidden width of the MLP.
   max_len: int = 1024  # Longest sequence (the size of the learned position table, if any).
@@ -91,13 +92,19 @@ class ModelConfig:
             _FAMILY_POSITIONS[self.family])
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):
       _positive(f"model.{name}", getattr(self, name))
-    for name in ("head_dim", "num_decoder_layers", "type_vocab_size"):
+    for name in ("head_dim", "num_kv_heads", "num_decoder_layers", "type_vocab_size"):
       if getattr(self, name) < 0:
         raise ConfigError(f"model.{name}={getattr(self, name)}: must be >= 0")
     if self.head_dim == 0 and self.d_model % self.num_heads:
       raise ConfigError(
           f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}; "
           "choose a divisor or set model.head_dim")
+    if self.num_heads % self.kv_heads:
+      raise ConfigError(f"model.num_kv_heads={self.num_kv_heads} must divide model.num_heads={self.num_heads} "
+                        "(each key/value head serves num_heads / num_kv_heads query heads)")
+    if self.kv_heads != self.num_heads and self.family != "decoder":
+      raise ConfigError(f"model.num_kv_heads={self.num_kv_heads}: grouped-query attention is for "
+                        f"model.family='decoder', not {self.family!r}; leave it 0")
     if self.positions == "rotary" and self.kv_dim % 2:
       raise ConfigError(f"model.positions='rotary' needs an even head width, got {self.kv_dim}")
     if self.positions == "relative":
@@ -107,6 +114,10 @@ class ModelConfig:
       _positive("model.num_labels", self.num_labels)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ConfigError(f"model.dropout_rate={self.dropout_rate}: must be in [0, 1)")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
 
   @property
   def kv_dim(self) -> int:

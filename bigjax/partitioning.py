@@ -42,6 +42,7 @@ RULES: tuple[tuple[str, object], ...] = (
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # Grouped-query attention's key/value heads (see fit_kv_heads).
     ("kv", None),
     ("mlp", "tensor"),
     ("length", None),
@@ -54,6 +55,7 @@ RULES: tuple[tuple[str, object], ...] = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
     ("activation_kv", None),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
@@ -77,6 +79,24 @@ def rules_for(overrides=()) -> tuple[tuple[str, object], ...]:
                         f"{', '.join(MESH_AXES)} or None")
     out[name] = axes if axes is None or isinstance(axes, str) else tuple(axes)
   return tuple(out.items())
+
+
+def fit_kv_heads(rules, mcfg, mesh) -> tuple[tuple[tuple[str, object], ...], str | None]:
+  """`rules` for `mcfg` on `mesh`: grouped-query attention's key/value heads stay sharded like the query
+  heads when the mesh axes they map to divide `mcfg.kv_heads`, and are replicated over them otherwise
+  (each device then holds every key/value head: few, and small). Returns the rules and, when they changed,
+  the start-up line that says so."""
+  out = dict(rules)
+  if mcfg.kv_heads == mcfg.num_heads or out.get("kv_heads") is None:
+    return tuple(out.items()), None
+  axes = (out["kv_heads"],) if isinstance(out["kv_heads"], str) else tuple(out["kv_heads"])
+  size = math.prod(dict(mesh.shape)[a] for a in axes)
+  if mcfg.kv_heads % size == 0:
+    return tuple(out.items()), None
+  out["kv_heads"] = out["activation_kv_heads"] = None
+  return tuple(out.items()), (f"bigjax: model.num_kv_heads={mcfg.kv_heads} does not divide over mesh axes "
+                              f"{'x'.join(axes)} ({size}): key/value heads are replicated there (query heads stay "
+                              "sharded)")
 
 
 def check_rules(abstract_boxed_tree, rules, what: str = "param") -> None:

@@ -230,7 +230,7 @@ def _layer_workspace(mcfg, dm: Dims, t: int, cross: int, masked: bool) -> float:
 
 def _layer_params(mcfg, cross: bool) -> int:
   """Weights of one block (the matrices: norms and biases are negligible)."""
-  attention = 4 * mcfg.d_model * mcfg.num_heads * mcfg.kv_dim
+  attention = 2 * mcfg.d_model * (mcfg.num_heads + mcfg.kv_heads) * mcfg.kv_dim  # q and out; k and v.
   return attention * (2 if cross else 1) + (3 if mcfg.gated_mlp else 2) * mcfg.d_model * mcfg.d_ff
 
 
@@ -366,7 +366,8 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
   mesh = AbstractMesh(shape, partitioning.MESH_AXES)
   partitioning.check_batch(config.data.batch_size, mesh)
   batch = abstract_batch(config, mcfg)
-  abstract = steps.abstract_state(mcfg, mesh, partitioning.rules_for(config.mesh.rules), optim.make(config))
+  rules = partitioning.fit_kv_heads(partitioning.rules_for(config.mesh.rules), mcfg, mesh)[0]
+  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config))
   state, shardings = abstract.state, abstract.shardings
   params = shard_bytes(state.params, shardings.params)
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch}
@@ -391,7 +392,7 @@ def compile_memory(config, mesh_shape=None) -> dict:
   mcfg = config_lib.validate(config)
   mesh = partitioning.make_mesh(tuple(mesh_shape or config.mesh.shape), config.mesh.num_devices)
   partitioning.check_batch(config.data.batch_size, mesh)
-  rules = partitioning.rules_for(config.mesh.rules)
+  rules = partitioning.fit_kv_heads(partitioning.rules_for(config.mesh.rules), mcfg, mesh)[0]
   abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config))
   state_sh = abstract.shardings
   batch_sh = partitioning.batch_sharding(mesh)

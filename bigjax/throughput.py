@@ -42,8 +42,10 @@ def forward_flops_per_example(mcfg: ModelConfig, seq_len: int, target_len: int |
   def attention(q_len: int, kv_len: int) -> int:  # Scores q·k and the weighted sum of values.
     return 2 * 2 * q_len * kv_len * inner
 
+  kv_proj = d * mcfg.kv_heads * mcfg.kv_dim  # Key or value: fewer heads under grouped-query attention.
+
   def block(n: int) -> int:  # Self-attention and MLP of one layer over n tokens.
-    return 2 * n * (4 * proj + mlp) + attention(n, n)
+    return 2 * n * (2 * proj + 2 * kv_proj + mlp) + attention(n, n)
 
   if mcfg.family == "decoder":
     return mcfg.num_layers * block(seq_len) + 2 * seq_len * d * vocab

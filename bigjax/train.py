@@ -111,7 +111,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                       f"(data.batch_size={config.data.batch_size} / {k}) do not divide over the mesh's "
                       f"data x fsdp = {partitioning.batch_divisor(mesh)} devices; use a divisor of "
                       f"{config.data.batch_size // partitioning.batch_divisor(mesh)}")
-  rules = partitioning.rules_for(config.mesh.rules)
+  rules, kv_note = partitioning.fit_kv_heads(partitioning.rules_for(config.mesh.rules), mcfg, mesh)
+  if kv_note:
+    log(kv_note)
   attention = layers.attention_implementation(mcfg, dropout=mcfg.dropout_rate > 0)  # Refuses what cannot run.
   log(f"bigjax: attention {attention} (model.attention={mcfg.attention!r} on {jax.default_backend()}, "
       f"{mcfg.dtype}{', dropout' if mcfg.dropout_rate > 0 else ''})")

@@ -140,12 +140,56 @@ def test_kv_cache_matches_the_full_forward(untied):
     np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"{cfg.positions} scan={cfg.scan_layers}")
 
 
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_attention_matches_and_keeps_a_smaller_cache(tmp_path, kv_heads):
+  """num_key_value_heads < num_attention_heads (multi-query with 1): logits equal LlamaForCausalLM's in the
+  plain and XLA attention paths, to_hf round-trips, the KV cache holds kv_heads only (its bytes ÷ the group
+  size) and cached decoding, scanned too, equals the full forward."""
+  model = make_hf(tmp_path / "hf", num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=8)
+  cfg, params = convert.from_hf(str(tmp_path / "hf"))
+  assert (cfg.num_heads, cfg.num_kv_heads, cfg.kv_heads) == (4, kv_heads, kv_heads)
+  assert params["decoder"]["block_0"]["attention"]["key"]["kernel"].shape == (48, kv_heads, 8)
+  check_parity(tmp_path, model, cfg, params)
+  ids, mask = batch(cfg.vocab_size)
+  real = mask.astype(bool)
+  want = hf_logits(model, ids, mask)[real]
+  np.testing.assert_allclose(bigjax_logits(dataclasses.replace(cfg, attention="xla"), params, ids, mask)[real],
+                             want, atol=1e-4)
+  full = dataclasses.replace(cfg, num_kv_heads=0)
+  nbytes = lambda c: sum(x.nbytes for x in jax.tree_util.tree_leaves(c) if x.ndim > 2)
+  assert nbytes(models.init_cache(full, 3, LENGTH)) == nbytes(models.init_cache(cfg, 3, LENGTH)) * 4 // kv_heads
+  for c, p in ((cfg, params), (dataclasses.replace(cfg, scan_layers=True), models.scan_params(params))):
+    np.testing.assert_allclose(cached_logits(c, p, ids, prefill=5), bigjax_logits(c, p, ids), atol=1e-4)
+
+
+def test_grouped_query_heads_shard_over_tensor_or_are_replicated_with_a_line():
+  cfg = ModelConfig(vocab_size=96, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, d_ff=64,
+                    positions="rotary", norm="rmsnorm", gated_mlp=True, activation="silu", use_bias=False)
+  for tensor, replicated in ((2, False), (4, True)):
+    mesh = jax.sharding.AbstractMesh((8 // tensor, 1, tensor), partitioning.MESH_AXES)
+    rules, note = partitioning.fit_kv_heads(partitioning.RULES, cfg, mesh)
+    assert (note is not None) == replicated
+    if replicated:
+      assert note == ("bigjax: model.num_kv_heads=2 does not divide over mesh axes tensor (4): key/value heads "
+                      "are replicated there (query heads stay sharded)")
+    abstract = __import__("bigjax.steps", fromlist=["x"]).abstract_state(cfg, mesh, rules)
+    key = abstract.shardings.params["decoder"]["block_0"]["attention"]["key"]["kernel"].spec
+    query = abstract.shardings.params["decoder"]["block_0"]["attention"]["query"]["kernel"].spec
+    assert tuple(query)[1] == "tensor" and tuple(key)[1] == (None if replicated else "tensor"), (key, query)
+  assert partitioning.fit_kv_heads(partitioning.RULES, dataclasses.replace(cfg, num_kv_heads=0),
+                                   mesh)[1] is None  # Without grouping the heads rule decides.
+  with pytest.raises(ConfigError, match=r"model.num_kv_heads=3 must divide model.num_heads=4"):
+    dataclasses.replace(cfg, num_kv_heads=3)
+  with pytest.raises(ConfigError, match=r"grouped-query attention is for model.family='decoder'"):
+    ModelConfig(family="encoder", num_heads=4, num_kv_heads=2)
+
+
 def hf_dict(**kw):
   return transformers.LlamaConfig(**{**SMALL, **kw}).to_dict()
 
 
 @pytest.mark.parametrize("kw, error", [
-    (dict(num_key_value_heads=1), r"num_key_value_heads=1 differs from num_attention_heads=3"),
+    (dict(num_key_value_heads=2), r"num_key_value_heads=2 does not divide num_attention_heads=3"),
     (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
                            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
      r"rope_type='llama3'"),

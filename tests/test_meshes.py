@@ -22,7 +22,9 @@ MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 # (type embeddings, the MLM head; relative position bias, cross-attention), on the meshes that shard every
 # axis at once: (2, 2, 2) and tensor 4 beside fsdp 2.
 FAMILY_MESHES = {"decoder": MESHES, "encoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
-                 "encoder_decoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)]}
+                 "encoder_decoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
+                 # 2 key/value heads: sharded over tensor 2, replicated over tensor 4 (partitioning.fit_kv_heads).
+                 "grouped_query": [(1, 1, 1), (2, 2, 2), (1, 2, 4)]}
 STEPS = 5
 
 FAMILIES = {  # Every sharded dimension divides by 8 (fsdp) or 4 (tensor): embed 64, heads 4, mlp 128, vocab 96.
@@ -31,6 +33,8 @@ FAMILIES = {  # Every sharded dimension divides by 8 (fsdp) or 4 (tensor): embed
     "encoder_decoder": {"model.family": "encoder_decoder", "model.positions": "relative", "model.norm": "rmsnorm",
                         "model.use_bias": False, "model.gated_mlp": True, "model.tie_embeddings": False,
                         "model.num_decoder_layers": 1},
+    "grouped_query": {"model.positions": "rotary", "model.norm": "rmsnorm", "model.gated_mlp": True,
+                      "model.activation": "silu", "model.use_bias": False, "model.num_kv_heads": 2},
 }
 
 
@@ -73,9 +77,10 @@ def _run(config, shape, batches):
     params = steps.init_params(module, rng)
     return steps.TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
 
-  with partitioning.activate(mesh, partitioning.RULES):
+  rules = partitioning.fit_kv_heads(partitioning.RULES, mcfg, mesh)[0]
+  with partitioning.activate(mesh, rules):
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    sh = partitioning.logical_shardings(abstract, mesh)
+    sh = partitioning.logical_shardings(abstract, mesh, rules)
     partitioning.check_divisible(abstract, sh)
     state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=sh)(jax.random.PRNGKey(0))
     step = jax.jit(steps.make_train_step(module, tx, schedule, 0), in_shardings=(sh, partitioning.batch_sharding(mesh)),
@@ -87,7 +92,7 @@ def _run(config, shape, batches):
   return losses, jax.device_get(state.params), state
 
 
-@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder"])  # decoder first: its runs are reused.
+@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder", "grouped_query"])  # decoder first: reused.
 def test_every_mesh_gives_the_same_losses_and_params(family):
   # One batch again and again: the loss must fall, on every mesh.
   ref_losses, ref_params, _ = _run_cached(family, (1, 1, 1))

@@ -64,6 +64,8 @@ CASES = {
     "gpt2": (ModelConfig(**TINY), 16, None),
     "llama": (ModelConfig(**TINY, positions="rotary", norm="rmsnorm", activation="silu", gated_mlp=True,
                           use_bias=False, tie_embeddings=False, head_dim=12), 16, None),
+    "llama_grouped_query": (ModelConfig(**TINY, positions="rotary", norm="rmsnorm", activation="silu",
+                                        gated_mlp=True, use_bias=False, num_kv_heads=2), 16, None),
     "bert_mlm": (config_lib.preset("bert_tiny", **TINY), 16, None),
     "bert_mlm_untied": (config_lib.preset("bert_tiny", **TINY, tie_embeddings=False), 16, None),
     "bert_classifier": (config_lib.preset("bert_tiny", **TINY, encoder_head="classifier", num_labels=3), 16, None),

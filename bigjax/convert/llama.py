@@ -2,9 +2,10 @@
 
 Hugging Face's Llama is the reference for the decoder's research options, so this converter is also their
 exactness test. Its q_proj/k_proj rows are stored in the rotate-half layout that `bigjax.models.layers.rotary`
-uses, so they load as they are (no permutation). Not supported, and refused by name: grouped-query
-attention (num_key_value_heads < num_attention_heads), RoPE scaling (rope_type other than "default"),
-and biases in attention but not in the MLP or the reverse (bigjax's `use_bias` covers both).
+uses, so they load as they are (no permutation). Grouped-query attention (num_key_value_heads <
+num_attention_heads) loads as `model.num_kv_heads`. Not supported, and refused by name: RoPE scaling
+(rope_type other than "default"), and biases in attention but not in the MLP or the reverse (bigjax's
+`use_bias` covers both).
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ def _check_supported(hf: dict[str, Any]) -> None:
     raise ConfigError(f"Llama hidden_act={act!r} is not supported; supported: {', '.join(_ACTIVATIONS)}")
   heads = hf["num_attention_heads"]
   kv_heads = hf.get("num_key_value_heads") or heads
-  if kv_heads != heads:
-    raise ConfigError(f"Llama num_key_value_heads={kv_heads} differs from num_attention_heads={heads}: "
-                      "grouped-query attention is not supported")
+  if heads % kv_heads:
+    raise ConfigError(f"Llama num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}")
   attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
   if attention_bias != mlp_bias:
     raise ConfigError(f"Llama attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported: "
@@ -68,8 +68,10 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
   _check_supported(hf)
   d, heads = hf["hidden_size"], hf["num_attention_heads"]
   head_dim = hf.get("head_dim") or d // heads
+  kv_heads = hf.get("num_key_value_heads") or heads
   return ModelConfig(family="decoder", vocab_size=hf["vocab_size"], d_model=d,
                      num_layers=hf["num_hidden_layers"], num_heads=heads,
+                     num_kv_heads=0 if kv_heads == heads else kv_heads,
                      head_dim=0 if head_dim * heads == d else head_dim, d_ff=hf["intermediate_size"],
                      max_len=hf.get("max_position_embeddings", 2048), positions="rotary",
                      rope_theta=_rope_theta(hf), norm="rmsnorm", layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -87,12 +89,14 @@ def _linear(get: Callable, name: str, fan_in: int, fan_out: int, use_bias: bool)
 
 
 def _block(cfg: ModelConfig, get: Callable) -> dict:
-  """One decoder layer: q/k/v kernels `[d, h, hd]` (biases `[h, hd]`), out kernel `[h, hd, d]`."""
+  """One decoder layer: q kernel `[d, h, hd]`, k/v kernels `[d, kv_heads, hd]` (biases without the `d`),
+  out kernel `[h, hd, d]`."""
   d, h, hd, f = cfg.d_model, cfg.num_heads, cfg.kv_dim, cfg.d_ff
   attn = {}
   for ours, theirs in _ATTENTION[:3]:
-    p = _linear(get, f"self_attn.{theirs}", d, h * hd, cfg.use_bias)
-    attn[ours] = {k: v.reshape(v.shape[:-1] + (h, hd)) for k, v in p.items()}
+    heads = h if ours == "query" else cfg.kv_heads
+    p = _linear(get, f"self_attn.{theirs}", d, heads * hd, cfg.use_bias)
+    attn[ours] = {k: v.reshape(v.shape[:-1] + (heads, hd)) for k, v in p.items()}
   out = _linear(get, "self_attn.o_proj", h * hd, d, cfg.use_bias)
   attn["out"] = dict(out, kernel=out["kernel"].reshape(h, hd, d))
   sizes = {"wi_0": (d, f), "wi_1": (d, f), "wo": (f, d)}
@@ -144,7 +148,7 @@ def _hf_config(cfg: ModelConfig) -> dict[str, Any]:
   """LlamaForCausalLM's config.json; rope_theta is written both ways so older transformers read it too."""
   return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": cfg.vocab_size,
           "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.num_layers,
-          "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_heads, "head_dim": cfg.kv_dim,
+          "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.kv_dim,
           "hidden_act": _HF_ACTIVATIONS[cfg.activation], "max_position_embeddings": cfg.max_len,
           "rms_norm_eps": cfg.layer_norm_eps, "rope_theta": cfg.rope_theta,
           "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},

@@ -114,7 +114,9 @@ def evaluate(workdir: str, *, split: str | None = None, max_examples: int = 0, b
   mesh, note = _mesh(config)
   if note:
     log(f"bigjax: {note}")
-  rules = partitioning.rules_for(config.mesh.rules)
+  rules, kv_note = partitioning.fit_kv_heads(partitioning.rules_for(config.mesh.rules), mcfg, mesh)
+  if kv_note:
+    log(kv_note)
   bs = batch_size or config.data.batch_size
   if bs % partitioning.batch_divisor(mesh):
     raise ConfigError(f"--batch_size={bs} does not divide over the mesh's data x fsdp = "

@@ -26,6 +26,7 @@ Array = jax.Array
 
 BTE = ("activation_batch", "activation_length", "activation_embed")
 BTHD = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+BTKD = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")  # Key/value heads.
 BTM = ("activation_batch", "activation_length", "activation_mlp")
 
 
@@ -355,9 +356,11 @@ class Attention(nn.Module):
     if self.decode and self.cross and self.has_variable("cache", "cross_key"):
       k, v = self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
     else:
-      k = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="key")(kv)
-      v = dense(hk, ("embed",), ("heads", "kv"), init_std=kernel_std(cfg, cfg.d_model), name="value")(kv)
-      k, v = constrain(k, BTHD), constrain(v, BTHD)
+      kv_names = ("heads", "kv") if cfg.kv_heads == cfg.num_heads else ("kv_heads", "kv")
+      hkv = (cfg.kv_heads, cfg.kv_dim)
+      k = dense(hkv, ("embed",), kv_names, init_std=kernel_std(cfg, cfg.d_model), name="key")(kv)
+      v = dense(hkv, ("embed",), kv_names, init_std=kernel_std(cfg, cfg.d_model), name="value")(kv)
+      k, v = (constrain(t, BTHD if cfg.kv_heads == cfg.num_heads else BTKD) for t in (k, v))
       if self.decode and self.cross and not self.is_initializing():  # The first step: kept for the rest.
         self.put_variable("cache", "cross_key", k)
         self.put_variable("cache", "cross_value", v)
@@ -365,13 +368,17 @@ class Attention(nn.Module):
       q = rotary(q, positions, cfg.rope_theta)
       k = rotary(k, positions if kv_positions is None else kv_positions, cfg.rope_theta)
     if self.decode and not self.cross:
-      k, v = self._update_cache(k, v, cache_index)
+      k, v = self._update_cache(k, v, cache_index)  # The cache holds the kv_heads only.
     scale = 1.0 if t5 else cfg.kv_dim ** -0.5
-    if isinstance(mask, Segments):  # The model chose the flash kernels (`attention_implementation`).
+    dropout = cfg.dropout_rate > 0 and not deterministic
+    # `Segments` for a mask: the model chose the flash kernels (`attention_implementation`).
+    impl = "flash" if isinstance(mask, Segments) else attention_implementation(cfg, dropout=dropout,
+                                                                                decode=self.decode)
+    if cfg.kv_heads != cfg.num_heads and impl in ("plain", "flash"):  # jax.nn's takes fewer heads as they are.
+      k, v = (jnp.repeat(t, cfg.num_heads // cfg.kv_heads, axis=2) for t in (k, v))  # Head i reads i // group.
+    if impl == "flash":
       out = flash_attention(q, k, v, mask, bias, scale=scale, causal=self.causal, backend=_backend())
     else:
-      dropout = cfg.dropout_rate > 0 and not deterministic
-      impl = attention_implementation(cfg, dropout=dropout, decode=self.decode)
       drop = (lambda p: nn.Dropout(cfg.dropout_rate)(p, deterministic=False)) if dropout else None
       out = attention(q, k, v, mask, bias, scale=scale, implementation=impl, dropout=drop)
     out = constrain(out, BTHD)
