@@ -37,6 +37,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # "flash" is Pallas's flash-attention kernels (TPU; NVIDIA GPUs without T5's bias), which take packed
 # segment ids instead of a dense mask, for training and scoring (KV-cache decoding steps run "plain").
 ATTENTION = ("auto", "plain", "xla", "cudnn", "flash")
+ROPE_TYPES = ("default", "linear", "llama3")
 # Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
 _FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
                      "encoder_decoder": ("relative",)}
@@ -58,6 +59,14 @@ class ModelConfig:
   max_len: int = 1024  # Longest sequence (the size of the learned position table, if any).
   positions: str = "learned"  # "learned" table, "rotary" (RoPE on queries/keys), "relative" (T5 buckets).
   rope_theta: float = 10000.0  # Rotary base wavelength.
+  # Rotary frequency scaling, as Hugging Face's rope_parameters: "default" (none), "linear" (every frequency
+  # / rope_factor) or "llama3" (Llama 3.1: low frequencies / rope_factor, high ones kept, a smooth blend
+  # between, the bands set by rope_low/high_freq_factor and rope_original_max_len).
+  rope_type: str = "default"
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
   relative_buckets: int = 32  # T5 relative-position buckets.
   relative_max_distance: int = 128  # T5: distances beyond this share the last bucket.
   norm: str = "layernorm"  # "layernorm" (mean and variance, scale and bias) or "rmsnorm" (scale only).
@@ -88,6 +97,18 @@ class ModelConfig:
     _choice("model.encoder_head", self.encoder_head, ENCODER_HEADS)
     _choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
     _choice("model.attention", self.attention, ATTENTION)
+    _choice("model.rope_type", self.rope_type, ROPE_TYPES)
+    if self.rope_type != "default":
+      if self.positions != "rotary":
+        raise ConfigError(f"model.rope_type={self.rope_type!r} scales rotary positions; model.positions is "
+                          f"{self.positions!r}")
+      if self.rope_factor <= 0:
+        raise ConfigError(f"model.rope_factor={self.rope_factor}: must be > 0")
+    if self.rope_type == "llama3" and not (0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+                                           and self.rope_original_max_len > 0):
+      raise ConfigError(f"model.rope_type='llama3' needs 0 < model.rope_low_freq_factor "
+                        f"({self.rope_low_freq_factor}) < model.rope_high_freq_factor ({self.rope_high_freq_factor}) "
+                        f"and model.rope_original_max_len > 0 ({self.rope_original_max_len})")
     _choice(f"model.positions (for model.family={self.family!r})", self.positions,
             _FAMILY_POSITIONS[self.family])
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):

@@ -17,6 +17,7 @@ from bigjax import models  # noqa: E402
 from bigjax import partitioning  # noqa: E402
 from bigjax.config import ConfigError, ModelConfig  # noqa: E402
 from bigjax.convert import llama  # noqa: E402
+from bigjax.models import layers  # noqa: E402
 
 SMALL = dict(hidden_size=48, num_attention_heads=3, intermediate_size=80, num_hidden_layers=2, vocab_size=97,
              max_position_embeddings=64)
@@ -184,16 +185,38 @@ def test_grouped_query_heads_shard_over_tensor_or_are_replicated_with_a_line():
     ModelConfig(family="encoder", num_heads=4, num_kv_heads=2)
 
 
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0},
+    # Llama 3.1's bands over head_dim 16 at base 1e4 and an original context of 32: wavelengths below 8
+    # kept, above 32 divided by the factor, between them blended; all three kinds occur within 20 tokens.
+    {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 32},
+])
+def test_scaled_rope_matches_and_round_trips(tmp_path, rope):
+  model = make_hf(tmp_path / "hf", rope_parameters=rope)
+  cfg, params = convert.from_hf(str(tmp_path / "hf"))
+  assert (cfg.rope_type, cfg.rope_factor, cfg.rope_theta) == (rope["rope_type"], rope["factor"], rope["rope_theta"])
+  if rope["rope_type"] == "llama3":
+    wavelen = 2 * np.pi / np.asarray(layers.rope_inv_freq(dataclasses.replace(cfg, rope_type="default"), 16))
+    assert (wavelen < 8).any() and ((wavelen >= 8) & (wavelen <= 32)).any() and (wavelen > 32).any()
+  check_parity(tmp_path, model, cfg, params)
+  ids, mask = batch(cfg.vocab_size)
+  unscaled = bigjax_logits(dataclasses.replace(cfg, rope_type="default"), params, ids, mask)
+  assert np.abs(unscaled - hf_logits(model, ids, mask))[mask.astype(bool)].max() > 1e-3  # The scaling shows.
+  back = json.loads((tmp_path / "back" / "config.json").read_text())["rope_parameters"]
+  assert {k: back[k] for k in rope} == rope
+  ids = np.random.default_rng(1).integers(0, 97, (2, 12))
+  np.testing.assert_allclose(cached_logits(cfg, params, ids, prefill=5), bigjax_logits(cfg, params, ids), atol=1e-4)
+
+
 def hf_dict(**kw):
   return transformers.LlamaConfig(**{**SMALL, **kw}).to_dict()
 
 
 @pytest.mark.parametrize("kw, error", [
     (dict(num_key_value_heads=2), r"num_key_value_heads=2 does not divide num_attention_heads=3"),
-    (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
-                           "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
-     r"rope_type='llama3'"),
-    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}), r"rope_type='linear'"),
+    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0,
+                           "original_max_position_embeddings": 32}), r"rope_type='yarn' is not supported"),
     (dict(attention_bias=True, mlp_bias=False), r"attention_bias=True with mlp_bias=False"),
     (dict(hidden_act="tanh"), r"hidden_act='tanh' is not supported"),
 ])

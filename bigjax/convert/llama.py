@@ -3,8 +3,9 @@
 Hugging Face's Llama is the reference for the decoder's research options, so this converter is also their
 exactness test. Its q_proj/k_proj rows are stored in the rotate-half layout that `bigjax.models.layers.rotary`
 uses, so they load as they are (no permutation). Grouped-query attention (num_key_value_heads <
-num_attention_heads) loads as `model.num_kv_heads`. Not supported, and refused by name: RoPE scaling
-(rope_type other than "default"), and biases in attention but not in the MLP or the reverse (bigjax's
+num_attention_heads) loads as `model.num_kv_heads`, and "linear" and "llama3" (Llama 3.1) RoPE scaling as
+`model.rope_type`. Not supported, and refused by name: other RoPE scalings ("dynamic", "yarn", ...), and
+biases in attention but not in the MLP or the reverse (bigjax's
 `use_bias` covers both).
 """
 
@@ -25,22 +26,45 @@ _ATTENTION = (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"), ("out
 _MLP = (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj"))
 
 
-def _rope_theta(hf: dict[str, Any]) -> float:
-  """The rotary base: `rope_parameters` (transformers >= 5) or top-level `rope_theta` (older configs).
+_ROPE_TYPES = ("default", "linear", "llama3")
 
-  Scaled RoPE variants ("linear", "dynamic", "llama3", "yarn", ...) change the angles in ways bigjax's
-  rotary does not compute, so they are refused rather than loaded into a model that would differ.
+
+def _rope(hf: dict[str, Any]) -> dict[str, Any]:
+  """ModelConfig's rotary fields from `rope_parameters` (transformers >= 5) or top-level `rope_theta` and
+  `rope_scaling` (older configs): the base, and "linear" or "llama3" (Llama 3.1) frequency scaling.
+
+  Other scalings ("dynamic", "yarn", "longrope", ...) change the angles in ways bigjax's rotary does not
+  compute, so they are refused rather than loaded into a model that would differ.
   """
   rope = hf.get("rope_parameters") or {}
+  out = {"rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))}
   for source in (rope, hf.get("rope_scaling") or {}):
     if any(isinstance(v, dict) for v in source.values()):
       raise ConfigError(f"Llama rope_parameters per layer type ({', '.join(source)}) are not supported")
     kind = source.get("rope_type", source.get("type", "default"))
-    if kind != "default":
-      raise ConfigError(f"Llama rope_type={kind!r} (scaled RoPE) is not supported; only 'default'")
+    if kind not in _ROPE_TYPES:
+      raise ConfigError(f"Llama rope_type={kind!r} is not supported; supported: {', '.join(_ROPE_TYPES)}")
     if source.get("partial_rotary_factor", 1.0) != 1.0:
       raise ConfigError(f"Llama partial_rotary_factor={source['partial_rotary_factor']} is not supported")
-  return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if kind != "default":
+      out.update(rope_type=kind, rope_factor=float(source["factor"]))
+    if kind == "llama3":
+      out.update(rope_low_freq_factor=float(source["low_freq_factor"]),
+                 rope_high_freq_factor=float(source["high_freq_factor"]),
+                 rope_original_max_len=int(source.get("original_max_position_embeddings",
+                                                      hf.get("max_position_embeddings", 8192))))
+  return out
+
+
+def _hf_rope(cfg: ModelConfig) -> dict[str, Any]:
+  """`rope_parameters` for `cfg`, as transformers 5 writes them."""
+  out = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
+  if cfg.rope_type != "default":
+    out["factor"] = cfg.rope_factor
+  if cfg.rope_type == "llama3":
+    out.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+               original_max_position_embeddings=cfg.rope_original_max_len)
+  return out
 
 
 def _check_supported(hf: dict[str, Any]) -> None:
@@ -74,7 +98,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
                      num_kv_heads=0 if kv_heads == heads else kv_heads,
                      head_dim=0 if head_dim * heads == d else head_dim, d_ff=hf["intermediate_size"],
                      max_len=hf.get("max_position_embeddings", 2048), positions="rotary",
-                     rope_theta=_rope_theta(hf), norm="rmsnorm", layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                     **_rope(hf), norm="rmsnorm", layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
                      activation=_ACTIVATIONS[hf.get("hidden_act", "silu")], gated_mlp=True,
                      use_bias=bool(hf.get("attention_bias", False)),
                      tie_embeddings=hf.get("tie_word_embeddings", False))
@@ -151,7 +175,7 @@ def _hf_config(cfg: ModelConfig) -> dict[str, Any]:
           "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.kv_dim,
           "hidden_act": _HF_ACTIVATIONS[cfg.activation], "max_position_embeddings": cfg.max_len,
           "rms_norm_eps": cfg.layer_norm_eps, "rope_theta": cfg.rope_theta,
-          "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+          "rope_parameters": _hf_rope(cfg),
           "attention_bias": cfg.use_bias, "mlp_bias": cfg.use_bias, "attention_dropout": 0.0,
           "tie_word_embeddings": cfg.tie_embeddings}
 

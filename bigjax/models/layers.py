@@ -156,13 +156,31 @@ def combine_masks(*masks: Array | None) -> Array | None:
   return out
 
 
-def rotary(x: Array, positions: Array, theta: float) -> Array:
+def rope_inv_freq(cfg: ModelConfig, dim: int) -> Array:
+  """float32 `[dim / 2]` rotary frequencies: theta^(-2i/dim), scaled as `cfg.rope_type` says (computed as
+  Hugging Face's rope utilities compute them, in float32)."""
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  if cfg.rope_type == "linear":
+    return inv_freq / cfg.rope_factor
+  if cfg.rope_type == "llama3":
+    factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old = cfg.rope_original_max_len
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > old / low, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return jnp.where(medium, smoothed, scaled)
+  return inv_freq
+
+
+def rotary(x: Array, positions: Array, cfg: ModelConfig) -> Array:
   """Rotary position embedding (RoFormer), rotate-half layout as in GPT-NeoX and Llama.
 
-  x `[batch, length, heads, dim]`, positions `[batch, length]`.
+  x `[batch, length, heads, dim]`, positions `[batch, length]`; frequencies from `rope_inv_freq`.
   """
   dim = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  inv_freq = rope_inv_freq(cfg, dim)
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, dim/2]
   angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
@@ -365,8 +383,8 @@ class Attention(nn.Module):
         self.put_variable("cache", "cross_key", k)
         self.put_variable("cache", "cross_value", v)
     if cfg.positions == "rotary":
-      q = rotary(q, positions, cfg.rope_theta)
-      k = rotary(k, positions if kv_positions is None else kv_positions, cfg.rope_theta)
+      q = rotary(q, positions, cfg)
+      k = rotary(k, positions if kv_positions is None else kv_positions, cfg)
     if self.decode and not self.cross:
       k, v = self._update_cache(k, v, cache_index)  # The cache holds the kv_heads only.
     scale = 1.0 if t5 else cfg.kv_dim ** -0.5
