@@ -38,6 +38,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # segment ids instead of a dense mask, for training and scoring (KV-cache decoding steps run "plain").
 ATTENTION = ("auto", "plain", "xla", "cudnn", "flash")
 ROPE_TYPES = ("default", "linear", "llama3")
+OPTIMIZERS = ("adamw", "adafactor", "sgd", "lion")
 # Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
 _FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
                      "encoder_decoder": ("relative",)}
@@ -335,6 +336,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.eval_batches = 8  # Eval batches per evaluation (0 = the whole eval split).
 
   c.optim = ml_collections.ConfigDict()
+  # "adamw" | "adafactor" (factored second moments, as T5 trained: set decay 0.8, update clipping 1.0 and
+  # parameter-scale updates below; T5's relative step size 1/sqrt(step) capped at 0.01 is schedule "rsqrt"
+  # with learning_rate 0.01 and warmup_steps 10000) | "sgd" (momentum, optionally Nesterov) | "lion".
+  c.optim.name = "adamw"
   c.optim.learning_rate = 1e-3  # Peak learning rate.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to the peak (rsqrt: steps held at the peak).
   # "cosine" | "linear" (warmup, then decay to learning_rate * end_lr_ratio at optim.decay_steps) | "rsqrt"
@@ -347,6 +352,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.1  # Decoupled (AdamW); never applied to biases, norms or embeddings.
   c.optim.clip_norm = 1.0  # Global-norm gradient clipping (0 = off).
+  c.optim.momentum = 0.9  # sgd only (0 = plain SGD).
+  c.optim.nesterov = False  # sgd only.
+  c.optim.adafactor_decay_rate = 0.8  # Adafactor's second-moment decay: 1 - step^-0.8 (T5).
+  c.optim.adafactor_clipping = 1.0  # Adafactor's update clipping (RMS of the update; 0 = off).
+  c.optim.adafactor_parameter_scale = True  # Adafactor: updates scaled by each parameter's RMS (T5).
+  c.optim.adafactor_min_dim_to_factor = 128  # Adafactor: matrices with both dims >= this are factored.
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000  # Target step; raising it on a finished workdir trains on.
@@ -419,6 +430,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
                       f"data.batch_size={config.data.batch_size} into equal microbatches")
   _choice("train.on_nonfinite", config.train.on_nonfinite, ("error", "skip"))
   _choice("optim.schedule", config.optim.get("schedule", "cosine"), ("cosine", "linear", "rsqrt", "constant"))
+  _choice("optim.name", config.optim.get("name", "adamw"), OPTIMIZERS)
   _choice("train.best_mode", config.train.best_mode, ("min", "max"))
   if config.train.num_samples < 0 or config.train.sample_len < 0:
     raise ConfigError("train.num_samples and train.sample_len must be >= 0")

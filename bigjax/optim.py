@@ -1,9 +1,12 @@
-"""Optax optimizer: AdamW, the learning-rate schedules, weight-decay mask, global-norm clipping."""
+"""Optax optimizers (AdamW, Adafactor, SGD, Lion), the learning-rate schedules, the weight-decay mask and
+global-norm clipping. Adafactor's factored statistics carry logical axis names derived from their parameter's
+(`boxed_adafactor`), so they shard by the same rules."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bigjax import config as config_lib
@@ -84,11 +87,77 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def _factored_dims(shape, min_dim: int):
+  """The (second largest, largest) axes optax's Adafactor factors a parameter over, or None (its rule)."""
+  if len(shape) < 2:
+    return None
+  order = np.argsort(shape)
+  if shape[order[-2]] < min_dim:
+    return None
+  return int(order[-2]), int(order[-1])
+
+
+def boxed_adafactor(inner: optax.GradientTransformation, min_dim: int) -> optax.GradientTransformation:
+  """`inner` (optax's Adafactor) on boxed params: its state is initialised on the unboxed values, then each
+  statistic gets its parameter's logical names (v_row without the largest axis, v_col without the second
+  largest, v all of them when the parameter is not factored), so `partitioning` shards it like the
+  parameter instead of finding names of the wrong rank."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  def init(params):
+    raw = nn.meta.unbox(params)
+    state = inner.init(raw)
+    leaves, treedef = jax.tree_util.tree_flatten(raw)
+    boxes = [b if isinstance(b, nn.Partitioned) else None  # nn.LogicallyPartitioned is one too.
+             for b in jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))]
+
+    def named(stats, which: str):
+      out = []
+      for stat, param, box in zip(treedef.flatten_up_to(stats), leaves, boxes):
+        dims = _factored_dims(param.shape, min_dim)
+        if box is None or (dims is None) != (which == "v"):  # Unnamed, or a (1,) placeholder.
+          out.append(stat)
+        elif which == "v":
+          out.append(box.replace(value=stat))
+        else:  # v_row drops the largest axis, v_col the second largest.
+          drop = dims[1] if which == "v_row" else dims[0]
+          out.append(box.replace(value=stat, names=tuple(n for i, n in enumerate(box.names) if i != drop)))
+      return treedef.unflatten(out)
+
+    def rebox(s):
+      if not hasattr(s, "v_row"):
+        return s
+      return s._replace(v_row=named(s.v_row, "v_row"), v_col=named(s.v_col, "v_col"), v=named(s.v, "v"))
+
+    return jax.tree_util.tree_map(rebox, state, is_leaf=lambda x: hasattr(x, "v_row"))
+
+  return optax.GradientTransformation(init, inner.update)
+
+
 def make(config) -> optax.GradientTransformation:
+  """The optimizer `optim.name` names, after global-norm clipping (`optim.clip_norm`); weight decay (where
+  `optim.weight_decay` > 0) never touches biases, norm scales or embeddings."""
   o = config.optim
+  name = o.get("name", "adamw")
+  if name not in config_lib.OPTIMIZERS:
+    raise ConfigError(f"optim.name={name!r}: allowed values are {', '.join(map(repr, config_lib.OPTIMIZERS))}")
+  lr, wd = schedule(config), o.weight_decay
   parts = []
   if o.clip_norm:
     parts.append(optax.clip_by_global_norm(o.clip_norm))
-  parts.append(optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                           weight_decay=o.weight_decay, mask=decay_mask))
+  if name == "adamw":
+    parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=decay_mask))
+  elif name == "lion":
+    parts.append(optax.lion(lr, b1=o.b1, b2=o.b2, weight_decay=wd, mask=decay_mask))
+  elif name == "sgd":
+    if wd:
+      parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
+    parts.append(optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+  else:
+    min_dim = o.get("adafactor_min_dim_to_factor", 128)
+    parts.append(boxed_adafactor(optax.adafactor(
+        lr, min_dim_size_to_factor=min_dim, decay_rate=o.get("adafactor_decay_rate", 0.8),
+        multiply_by_parameter_scale=o.get("adafactor_parameter_scale", True),
+        clipping_threshold=o.get("adafactor_clipping", 1.0) or None, weight_decay_rate=wd or None,
+        weight_decay_mask=decay_mask if wd else None), min_dim))
   return optax.chain(*parts)

@@ -424,6 +424,11 @@ def local_memory() -> tuple[int, str]:
 
 # ---------------------------------------------------------------------------------- reporting
 
+_OPTIMIZER_STATE = {"adamw": "AdamW: two moments per param", "lion": "Lion: one moment per param",
+                    "sgd": "SGD: one momentum per param, none without momentum",
+                    "adafactor": "Adafactor: factored second moments, sharded like their params"}
+
+
 def report(plan: Plan, config) -> str:
   """A readable table, one line per item, ending with one JSON line of the figures."""
   d = plan.detail
@@ -434,7 +439,7 @@ def report(plan: Plan, config) -> str:
   xla = plan.xla
   rows = [
       ("params", plan.params, f"{plan.param_count:,} x {config.model.param_dtype}, sharded by the rules"),
-      ("optimizer state", plan.optimizer, f"{d['optimizer_arrays']} arrays (AdamW: two moments per param)"),
+      ("optimizer state", plan.optimizer, f"{d['optimizer_arrays']} arrays ({_OPTIMIZER_STATE[config.optim.get('name', 'adamw')]})"),
       ("gradients", plan.gradients, "param-sized, sharded like the params (twice: the running sum, with "
                                     "train.grad_accum_steps > 1)"),
       ("batch", plan.batch, f"{d['rows']} row{'s' * (d['rows'] != 1)} per device of {batch_shapes}"),

@@ -33,7 +33,7 @@ METRICS = "metrics.jsonl"
 # Settings that fix what a workdir holds: a resumed run must not change them.
 PINNED = ("model", "data.tokenizer", "data.source", "data.text_key", "data.target_key", "data.labels",
           "data.objective", "data.seq_len", "data.target_len", "data.pack", "data.batch_size", "train.seed",
-          "optim.decay_steps")
+          "optim.decay_steps", "optim.name")  # The optimizer's state has its shape in the checkpoints.
 
 
 def log(msg: str) -> None:

@@ -24,7 +24,8 @@ MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 FAMILY_MESHES = {"decoder": MESHES, "encoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
                  "encoder_decoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
                  # 2 key/value heads: sharded over tensor 2, replicated over tensor 4 (partitioning.fit_kv_heads).
-                 "grouped_query": [(1, 1, 1), (2, 2, 2), (1, 2, 4)]}
+                 "grouped_query": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
+                 "adafactor": [(1, 1, 1), (2, 2, 2), (1, 2, 4)]}
 STEPS = 5
 
 FAMILIES = {  # Every sharded dimension divides by 8 (fsdp) or 4 (tensor): embed 64, heads 4, mlp 128, vocab 96.
@@ -35,6 +36,8 @@ FAMILIES = {  # Every sharded dimension divides by 8 (fsdp) or 4 (tensor): embed
                         "model.num_decoder_layers": 1},
     "grouped_query": {"model.positions": "rotary", "model.norm": "rmsnorm", "model.gated_mlp": True,
                       "model.activation": "silu", "model.use_bias": False, "model.num_kv_heads": 2},
+    # The decoder trained by Adafactor, matrices of 64 x 128 factored: its statistics shard like their params.
+    "adafactor": {"optim.name": "adafactor", "optim.adafactor_min_dim_to_factor": 32},
 }
 
 
@@ -92,7 +95,7 @@ def _run(config, shape, batches):
   return losses, jax.device_get(state.params), state
 
 
-@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder", "grouped_query"])  # decoder first: reused.
+@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder", "grouped_query", "adafactor"])
 def test_every_mesh_gives_the_same_losses_and_params(family):
   # One batch again and again: the loss must fall, on every mesh.
   ref_losses, ref_params, _ = _run_cached(family, (1, 1, 1))
@@ -130,3 +133,15 @@ def test_per_device_state_shrinks_by_fsdp_times_tensor():
       assert total / mine >= 0.85 * factor, (shape, what, total / mine)
       assert total / mine <= factor + 1e-9, (shape, what, total / mine)
 
+
+
+def test_adafactor_statistics_are_sharded_like_their_params():
+  _, _, state = _run_cached("adafactor", (2, 2, 2))
+  factored = [x for x in jax.tree_util.tree_leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "v_row"))
+              if hasattr(x, "v_row")][0]
+  wi = factored.v_row["decoder"]["blocks"]["mlp"]["wi"]["kernel"]  # Scanned [layers, embed 64, mlp 128] → rows.
+  assert wi.ndim == 2 and tuple(wi.sharding.spec) == (None, "fsdp"), wi.sharding.spec
+  col = factored.v_col["decoder"]["blocks"]["mlp"]["wi"]["kernel"]
+  assert tuple(col.sharding.spec) == (None, "tensor"), col.sharding.spec
+  adam = _run_cached("decoder", (2, 2, 2))[2].opt_state
+  assert _device_bytes(state.opt_state) < 0.6 * _device_bytes(adam)  # One factored moment instead of two full.

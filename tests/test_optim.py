@@ -97,3 +97,61 @@ def test_describe_schedule_and_bad_decay_steps():
   assert optim.describe_schedule(_config(schedule="constant")) == "constant: warmup 10 steps to 0.001, then held"
   with pytest.raises(config_lib.ConfigError, match=r"optim.decay_steps=-5: must be an integer >= 0"):
     optim.schedule(_config(decay_steps=-5))
+
+
+def _boxed_params():
+  """A small param tree in logical-partitioning boxes, as the models' init returns it."""
+  rng = np.random.default_rng(0)
+  box = lambda shape, names: nn.Partitioned(jnp.asarray(rng.normal(size=shape), jnp.float32), names)
+  return {"wi": {"kernel": box((64, 256), ("embed", "mlp")), "bias": box((256,), ("mlp",))},
+          "attn": {"kernel": box((64, 4, 16), ("embed", "heads", "kv"))},
+          "ln": {"scale": box((64,), ("embed",))}, "embed": {"embedding": box((300, 64), ("vocab", "embed"))}}
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "sgd", "lion"])
+def test_every_optimizer_is_optax_own_after_clipping(name):
+  """optim.name builds optax's optimizer (T5's Adafactor settings; SGD with Nesterov momentum; Lion), after
+  global-norm clipping, with weight decay masked off biases, norms and embeddings: five steps equal optax
+  composed by hand on the unboxed params."""
+  c = _config(name=name, weight_decay=0.05, nesterov=True, adafactor_min_dim_to_factor=32, clip_norm=0.5)
+  params = _boxed_params()
+  raw = nn.meta.unbox(params)
+  lr = optim.schedule(c)
+  inner = {"adamw": optax.adamw(lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, mask=optim.decay_mask),
+           "lion": optax.lion(lr, b1=0.9, b2=0.95, weight_decay=0.05, mask=optim.decay_mask),
+           "sgd": (optax.add_decayed_weights(0.05, mask=optim.decay_mask), optax.sgd(lr, momentum=0.9, nesterov=True)),
+           "adafactor": optax.adafactor(lr, min_dim_size_to_factor=32, decay_rate=0.8, clipping_threshold=1.0,
+                                        multiply_by_parameter_scale=True, weight_decay_rate=0.05,
+                                        weight_decay_mask=optim.decay_mask)}[name]
+  want_tx = optax.chain(optax.clip_by_global_norm(0.5), *((inner,) if hasattr(inner, "init") else inner))
+  tx = optim.make(c)
+  ours, theirs = nn.meta.unbox(tx.init(params)), want_tx.init(raw)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
+  p_ours, p_theirs = raw, raw
+  for step in range(5):
+    g = jax.tree_util.tree_map(lambda x: jnp.sin(x * (step + 1)), raw)
+    u, ours = tx.update(g, ours, p_ours)
+    p_ours = optax.apply_updates(p_ours, u)
+    u, theirs = want_tx.update(g, theirs, p_theirs)
+    p_theirs = optax.apply_updates(p_theirs, u)
+  for a, b in zip(jax.tree_util.tree_leaves(p_ours), jax.tree_util.tree_leaves(p_theirs)):
+    np.testing.assert_array_equal(a, b)
+  assert not np.allclose(p_ours["wi"]["kernel"], raw["wi"]["kernel"])
+
+
+def test_adafactor_statistics_carry_their_parameters_names():
+  """Factored rows drop the largest axis and columns the second largest (optax's rule), so each statistic
+  is sharded by its parameter's rules; unfactored parameters keep a full second moment with all names."""
+  state = optim.make(_config(name="adafactor", adafactor_min_dim_to_factor=32)).init(_boxed_params())
+  factored = [s for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: hasattr(x, "v_row"))
+              if hasattr(s, "v_row")][0]
+  names = lambda tree: jax.tree_util.tree_map(lambda b: b.names, tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert names(factored.v_row["wi"]["kernel"]) == ("embed",) and names(factored.v_col["wi"]["kernel"]) == ("mlp",)
+  assert names(factored.v_row["embed"]["embedding"]) == ("embed",)  # [vocab 300, embed 64]: vocab is largest.
+  assert names(factored.v_col["embed"]["embedding"]) == ("vocab",)
+  assert names(factored.v["attn"]["kernel"]) == ("embed", "heads", "kv")  # 4 and 16 < 32: not factored.
+  assert names(factored.v["wi"]["bias"]) == ("mlp",)
+  raw = nn.meta.unbox(factored)
+  assert raw.v_row["wi"]["kernel"].shape == (64,) and raw.v["wi"]["kernel"].shape == (1,)
+  with pytest.raises(config_lib.ConfigError, match=r"optim.name='adam': allowed values are 'adamw', 'adafactor'"):
+    optim.make(_config(name="adam"))

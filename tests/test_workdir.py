@@ -131,3 +131,23 @@ def test_atomic_writes_leave_no_partial_file(tmp_path, monkeypatch):
   monkeypatch.undo()
   assert json.loads(target.read_text()) == {"a": 1}
   assert [p.name for p in tmp_path.iterdir()] == ["eval_results.json"]
+
+
+def test_resuming_with_another_optimizer_is_refused(tmp_path, text_file):
+  """The optimizer's state is in the checkpoints: optim.name is pinned (a config.json from before the setting
+  existed had AdamW, its default)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from bigjax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  def config(**kw):
+    c = tiny_config(text_file, **{"optim.decay_steps": 6, **kw})  # The trainer pins the horizon first.
+    config_lib.resolve(c)  # As the trainer has it when it checks.
+    return c
+  saved = json.loads(config().to_json_best_effort())
+  workdir_lib.check_pinned(str(tmp_path), config(), saved)  # The same run: fine.
+  with pytest.raises(ConfigError, match=r"holds a run with optim.name='adamw', but this config has "
+                                        r"optim.name='adafactor'"):
+    workdir_lib.check_pinned(str(tmp_path), config(**{"optim.name": "adafactor"}), saved)
+  del saved["optim"]["name"]  # Older than the setting: it trained with AdamW.
+  workdir_lib.check_pinned(str(tmp_path), config(), saved)
