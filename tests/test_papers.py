@@ -55,22 +55,22 @@ EXPECTED = {
                                   dropout=0.0, params=124_439_808),
     # Raffel et al. 2019: baseline 2^19 steps x 128 x 512; released 1M steps x 2048. Adafactor 0.01 ->
     # AdamW 0.01 / sqrt(768); rsqrt ends at sqrt(1e4 / steps) of its peak.
-    ("t5_base.py", None): dict(family="encoder_decoder", batch=128, seq_len=512, lr=0.01 / math.sqrt(768), layers=12,
+    ("t5_base.py", None): dict(family="encoder_decoder", batch=128, seq_len=512, lr=0.01, layers=12,
                                d_model=768, heads=12, d_ff=3072, vocab=32128, steps=2**19, warmup=10_000,
-                               end_lr=0.01 / math.sqrt(768) * math.sqrt(1e4 / 2**19), dropout=0.1,
+                               end_lr=0.01 * math.sqrt(1e4 / 2**19), dropout=0.1,
                                params=222_903_552),
-    ("t5_base.py", "released"): dict(family="encoder_decoder", batch=2048, seq_len=512, lr=0.01 / math.sqrt(768),
+    ("t5_base.py", "released"): dict(family="encoder_decoder", batch=2048, seq_len=512, lr=0.01,
                                      layers=12, d_model=768, heads=12, d_ff=3072, vocab=32128, steps=1_000_000,
-                                     warmup=10_000, end_lr=0.01 / math.sqrt(768) * 0.1, dropout=0.1,
+                                     warmup=10_000, end_lr=0.01 * 0.1, dropout=0.1,
                                      params=222_903_552),
-    ("t5_v1_1_base.py", None): dict(family="encoder_decoder", batch=128, seq_len=512, lr=0.01 / math.sqrt(768),
+    ("t5_v1_1_base.py", None): dict(family="encoder_decoder", batch=128, seq_len=512, lr=0.01,
                                     layers=12, d_model=768, heads=12, d_ff=2048, vocab=32128, steps=2**19,
-                                    warmup=10_000, end_lr=0.01 / math.sqrt(768) * math.sqrt(1e4 / 2**19),
+                                    warmup=10_000, end_lr=0.01 * math.sqrt(1e4 / 2**19),
                                     dropout=0.0, params=247_577_856),
     ("t5_v1_1_base.py", "released"): dict(family="encoder_decoder", batch=2048, seq_len=512,
-                                          lr=0.01 / math.sqrt(768), layers=12, d_model=768, heads=12, d_ff=2048,
+                                          lr=0.01, layers=12, d_model=768, heads=12, d_ff=2048,
                                           vocab=32128, steps=1_000_000, warmup=10_000,
-                                          end_lr=0.01 / math.sqrt(768) * 0.1, dropout=0.0, params=247_577_856),
+                                          end_lr=0.01 * 0.1, dropout=0.0, params=247_577_856),
 }
 
 
@@ -94,6 +94,12 @@ def test_config_loads_validates_and_has_the_papers_numbers(name, arg):
     assert value == pytest.approx(want[key], rel=1e-6, abs=1e-12), (spec, key, value, want[key])
   if mcfg.family == "encoder_decoder":
     assert mcfg.decoder_layers == 12 and mcfg.kv_dim == 64
+    # T5 trained with Adafactor (no momentum, decay 0.8, update clipping 1.0, parameter scaling), no weight
+    # decay and no global-norm clipping; 1/sqrt(max(step, 1e4)) is 0.01 on rsqrt with 1e4 warmup steps.
+    o = config.optim
+    assert (o.name, o.weight_decay, o.clip_norm, o.schedule) == ("adafactor", 0.0, 0.0, "rsqrt"), spec
+    assert (o.adafactor_decay_rate, o.adafactor_clipping, o.adafactor_parameter_scale) == (0.8, 1.0, True), spec
+    assert float(optim.schedule(config)(40_000)) == pytest.approx(40_000 ** -0.5, rel=1e-5)
   # The schedule bigjax builds from the config reaches the paper's values where the docstring says.
   schedule = optim.schedule(config)
   assert float(schedule(config.optim.warmup_steps)) == pytest.approx(want["lr"], rel=1e-5)
