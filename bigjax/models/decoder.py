@@ -51,8 +51,7 @@ class Decoder(nn.Module):
     b, n = input_ids.shape
     tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
                           cfg.dtype, cfg.param_dtype, name="token_embed")
-    flash = layers.attention_implementation(cfg, dropout=cfg.dropout_rate > 0 and not deterministic,
-                                            decode=self.decode) == "flash"
+    flash = layers.uses_flash(cfg, deterministic=deterministic, decode=self.decode)
     if self.decode:
       if segment_ids is not None or prefix_mask is not None:
         raise ValueError("decode=True steps one sequence per row: segment_ids and prefix_mask are for "

@@ -52,7 +52,7 @@ class Encoder(nn.Module):
     x = layers.constrain(x, layers.BTE)
     # Packed rows (segment_ids 1, 2, ...; 0 = padding) attend within their segment only.
     mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
-    if layers.attention_implementation(cfg, dropout=cfg.dropout_rate > 0 and not deterministic) == "flash":
+    if layers.uses_flash(cfg, deterministic=deterministic):
       mask = layers.self_segments(attention_mask, segment_ids)
     x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, name="encoder")(x, mask, None, positions)
     x = layers.constrain(x, layers.BTE)

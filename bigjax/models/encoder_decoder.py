@@ -80,16 +80,11 @@ class EncoderDecoder(nn.Module):
 
   def encode(self, input_ids, attention_mask=None, segment_ids=None, deterministic: bool = True):
     x = self.token_embed(input_ids)
-    if self._flash(deterministic):
+    if layers.uses_flash(self.cfg, deterministic=deterministic, decode=self.decode):
       mask = layers.self_segments(attention_mask, segment_ids)
     else:
       mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
     return self.encoder(x, mask, deterministic)
-
-  def _flash(self, deterministic: bool) -> bool:
-    """Whether the model's attention runs the flash kernels, which take `layers.Segments` for masks."""
-    return layers.attention_implementation(self.cfg, dropout=self.cfg.dropout_rate > 0 and not deterministic,
-                                           decode=self.decode) == "flash"
 
   def decode_step(self, decoder_input_ids, encoded, attention_mask=None, decoder_attention_mask=None,
                   segment_ids=None, decoder_segment_ids=None, deterministic: bool = True):
@@ -103,7 +98,7 @@ class EncoderDecoder(nn.Module):
                                        layers.segment_mask(decoder_segment_ids))
     cross_mask = layers.combine_masks(layers.padding_mask(attention_mask),
                                       layers.segment_mask(decoder_segment_ids, segment_ids))
-    if self._flash(deterministic):
+    if layers.uses_flash(self.cfg, deterministic=deterministic, decode=self.decode):
       self_mask = layers.self_segments(decoder_attention_mask, decoder_segment_ids)
       cross_mask = layers.cross_segments(decoder_input_ids.shape, decoder_segment_ids, attention_mask, segment_ids)
     x = self.decoder(x, self_mask, encoded, cross_mask, deterministic)

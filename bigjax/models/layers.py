@@ -268,6 +268,11 @@ def _check_attention(cfg: ModelConfig, backend: str, dropout: bool) -> None:
                       "(model.family='encoder_decoder'); use 'cudnn', 'xla' or 'auto'")
 
 
+def uses_flash(cfg: ModelConfig, *, deterministic: bool, decode: bool = False) -> bool:
+  """Whether a model call runs the flash kernels, and so must hand its attention `Segments`, not dense masks."""
+  return attention_implementation(cfg, dropout=cfg.dropout_rate > 0 and not deterministic, decode=decode) == "flash"
+
+
 class Segments(NamedTuple):
   """What the flash kernels take instead of a dense mask: `[batch, q_len]` and `[batch, kv_len]` int32 ids;
   a query attends the keys of its own id (and, in causal attention, not after it). Packed rows give their
