@@ -64,6 +64,31 @@ def test_scores_equal_token_by_token_reference():
     fewshot.score_continuations(mcfg, params, [[5]], [[50]])
 
 
+@pytest.mark.parametrize("rotary", [False, True])
+def test_label_sets_score_their_pairs_with_the_prompt_computed_once(rotary):
+  """score_label_sets (one row per query, labels as branches) equals score_continuations pair by pair:
+  prompts shared, prompts that differ in their last tokens (as `_encode_pair` can split them), no shared
+  prefix at all, continuations that share their first tokens, a prompt cut on the left, grouped-query heads."""
+  extra = dict(positions="rotary", norm="rmsnorm", num_kv_heads=2, use_bias=False) if rotary else {}
+  mcfg = config_lib.ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_len=32,
+                                **extra)
+  params = jax.jit(models.build(mcfg).init)(jax.random.PRNGKey(1), np.zeros((1, 8), np.int32))["params"]
+  rng = np.random.default_rng(3)
+  ids = lambda n: rng.integers(3, 50, n).tolist()
+  base = ids(12)
+  prompts = [[base] * 3, [base[:-1], base, base[:-2]], [ids(5), ids(7), ids(3)], [ids(40)] * 3, [[7]] * 3]
+  shared_start = ids(2)
+  conts = [[ids(1), ids(3), ids(2)], [ids(2), ids(1), ids(4)], [shared_start + ids(1), shared_start, ids(1)],
+           [ids(3), ids(1), ids(2)], [ids(1), ids(1), ids(5)]]
+  got = fewshot.score_label_sets(mcfg, params, prompts, conts, batch_size=2)
+  want = fewshot.score_continuations(mcfg, params, [p for ps in prompts for p in ps],
+                                     [c for cs in conts for c in cs], batch_size=4).reshape(5, 3)
+  assert got.shape == (5, 3)
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  with pytest.raises(ValueError, match="query 1: 2 prompts and 3 continuations"):
+    fewshot.score_label_sets(mcfg, params, [[[4]] * 3, [[4]] * 2], [[[5]] * 3] * 2)
+
+
 def test_build_prompt_and_continuations():
   demos = [{"code": "def f():\n  pass", "package": "os"}, {"code": "x = 1", "package": "email"}]
   query = {"code": "import re", "package": "json"}
@@ -184,6 +209,11 @@ def test_unconditional_scores_divide_by_the_answer_context(pattern_run):
   pred, probs, info = fewshot.classify(mcfg, params, tok, records, records, text_key="code", label_key="package",
                                        labels=LABELS, k=1, normalize="unconditional", template=PACKAGES,
                                        return_info=True)
+  _, probs_apart, info_apart = fewshot.classify(  # Each pair on its own row: the same numbers.
+      mcfg, params, tok, records, records, text_key="code", label_key="package", labels=LABELS, k=1,
+      normalize="unconditional", template=PACKAGES, share_prompts=False, return_info=True)
+  np.testing.assert_allclose(info["log_probs"], info_apart["log_probs"], atol=1e-5)
+  np.testing.assert_allclose(probs, probs_apart, atol=1e-5)
   context = tok.encode(["\n# package:"])[0]  # The template's query part with an empty text.
   alone = fewshot.score_continuations(mcfg, params, [context, context], tok.encode([" alpha\n", " omega\n"]))
   np.testing.assert_allclose(info["unconditional"], alone, atol=1e-5)

@@ -16,6 +16,8 @@ comment, where this writes "Label:").
 Pieces, each usable on its own:
   score_continuations   log P(continuation | prompt) in nats, summed over the continuation's tokens, in
                         padded batches of one jitted forward pass each
+  score_label_sets      the same for every label of each query, the prompt computed once per query (its
+                        labels' continuations as branches of one row): what `classify` uses
   build_prompt          the prompt text and the continuation text of each label, from a template
   classify              predictions and label probabilities for records, k demonstrations each
   evaluate              a decoder workdir on a labelled task, for several k, beside the majority baseline
@@ -147,6 +149,113 @@ def score_continuations(mcfg: ModelConfig, params, prompts_ids: Sequence[Sequenc
   return out
 
 
+@functools.lru_cache(maxsize=8)
+def _branch_scorer(mcfg: ModelConfig):
+  """The jitted `(params, inputs, positions, branch_ids, read_at, read_ids) -> [rows, reads]` log-probabilities
+  of `read_ids` as the next token after row positions `read_at`."""
+  from bigjax import models  # pylint: disable=g-import-not-at-top
+  module = models.build(mcfg)
+
+  def score(params, inputs, positions, branch_ids, read_at, read_ids):
+    logits = module.apply({"params": params}, inputs, positions=positions, branch_ids=branch_ids,
+                          deterministic=True)
+    logits = jnp.take_along_axis(logits, read_at[..., None], axis=1).astype(jnp.float32)  # [rows, reads, vocab]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, read_ids[..., None], axis=-1)[..., 0]
+
+  return jax.jit(score)
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+  n = min(len(s) for s in seqs)
+  for i in range(n):
+    if any(s[i] != seqs[0][i] for s in seqs[1:]):
+      return i
+  return n
+
+
+def score_label_sets(mcfg: ModelConfig, params, prompts_ids: Sequence[Sequence[Sequence[int]]],
+                     continuations_ids: Sequence[Sequence[Sequence[int]]], *, batch_size: int = 16,
+                     max_len: int | None = None, pad_id: int = 0) -> np.ndarray:
+  """`[n, labels]` float64: `score_continuations` of every (prompt, continuation) pair of query i, with the
+  tokens the pairs of a query share computed once.
+
+  `prompts_ids[i][j]` and `continuations_ids[i][j]` are label j's pair for query i (the same number of
+  labels for every query). Each query is one row: the tokens every pair's input starts with (the
+  demonstrations and the query, usually) once, then each pair's remaining tokens as a branch of its own
+  (`Decoder(branch_ids=...)`: a branch sees the shared tokens and itself, never another branch), at the
+  positions it has in its own sequence. The numbers equal `score_continuations` on the pairs one by one,
+  prompts cut from the left the same way (up to float summation order); the work is one prompt per
+  query instead of one per label.
+  """
+  if mcfg.family != "decoder":
+    raise ConfigError(f"score_label_sets needs model.family='decoder', not {mcfg.family!r}")
+  if len(prompts_ids) != len(continuations_ids):
+    raise ValueError(f"{len(prompts_ids)} prompt sets but {len(continuations_ids)} continuation sets")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size={batch_size}: must be positive")
+  if not prompts_ids:
+    return np.zeros((0, 0), np.float64)
+  n_labels = len(prompts_ids[0])
+  limit = context_length(mcfg, max_len)
+  groups = []  # Per query: (row ids, positions, branch ids, [(row index, target id, label)]).
+  for i, (prompts, conts) in enumerate(zip(prompts_ids, continuations_ids)):
+    if len(prompts) != n_labels or len(conts) != n_labels or not n_labels:
+      raise ValueError(f"query {i}: {len(prompts)} prompts and {len(conts)} continuations; every query needs "
+                       f"the same number of labels as the first ({n_labels}, at least one)")
+    seqs = []
+    for j, (prompt, cont) in enumerate(zip(prompts, conts)):
+      prompt, cont = [int(t) for t in prompt], [int(t) for t in cont]
+      if not prompt or not cont:
+        raise ValueError(f"query {i}, label {j}: the prompt and the continuation need a token each "
+                         f"(got {len(prompt)} and {len(cont)})")
+      if len(cont) > limit:
+        raise ValueError(f"query {i}, label {j}: the continuation has {len(cont)} tokens; at most "
+                         f"max_len={limit} fit")
+      bad = [t for t in prompt + cont if not 0 <= t < mcfg.vocab_size]
+      if bad:
+        raise ValueError(f"query {i}, label {j}: id {bad[0]} is outside the model's vocabulary "
+                         f"(0..{mcfg.vocab_size - 1})")
+      prompt = prompt[-(limit + 1 - len(cont)):]  # As score_continuations cuts it.
+      seqs.append((prompt + cont, len(prompt)))
+    inputs = [seq[:-1] for seq, _ in seqs]
+    shared = _common_prefix(inputs)
+    ids, positions, branches = list(inputs[0][:shared]), list(range(shared)), [0] * shared
+    reads = []
+    for j, ((seq, p), inp) in enumerate(zip(seqs, inputs)):
+      start = len(ids)
+      ids += inp[shared:]
+      positions += range(shared, len(inp))
+      branches += [j + 1] * (len(inp) - shared)
+      where = lambda t, start=start: t if t < shared else start + t - shared  # Row index of input token t.
+      reads += [(where(t), seq[t + 1], j) for t in range(p - 1, len(seq) - 1)]
+    groups.append((ids, positions, branches, reads))
+
+  out = np.zeros((len(groups), n_labels), np.float64)
+  score = _branch_scorer(mcfg)
+  bucket = lambda n: -(-n // _LENGTH_BUCKET) * _LENGTH_BUCKET
+  order = sorted(range(len(groups)), key=lambda i: len(groups[i][0]))
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    width = bucket(max(len(groups[i][0]) for i in chunk))
+    n_reads = bucket(max(len(groups[i][3]) for i in chunk))
+    inputs = np.full((batch_size, width), pad_id, np.int32)
+    positions = np.zeros((batch_size, width), np.int32)
+    branches = np.full((batch_size, width), -1, np.int32)  # Padding: a branch nobody reads.
+    read_at = np.zeros((batch_size, n_reads), np.int32)
+    read_ids = np.zeros((batch_size, n_reads), np.int32)
+    for r, i in enumerate(chunk):
+      ids, pos, br, reads = groups[i]
+      inputs[r, :len(ids)], positions[r, :len(ids)], branches[r, :len(ids)] = ids, pos, br
+      read_at[r, :len(reads)] = [a for a, _, _ in reads]
+      read_ids[r, :len(reads)] = [t for _, t, _ in reads]
+    picked = np.asarray(score(params, inputs, positions, branches, read_at, read_ids), np.float64)
+    for r, i in enumerate(chunk):
+      reads = groups[i][3]
+      np.add.at(out[i], [j for _, _, j in reads], picked[r, :len(reads)])
+  return out
+
+
 # ------------------------------------------------------------------------------------------ prompts
 
 def _split_template(template: str) -> tuple[str, str]:
@@ -224,14 +333,16 @@ def classify(mcfg: ModelConfig, params, tokenizer, train_records: Sequence[Mappi
              eval_records: Sequence[Mapping[str, Any]], *, text_key: str, label_key: str,
              labels: Sequence[str], k: int = 0, seed: int = 0, max_text_tokens: int | None = None,
              normalize: str = "sum", template: str = DEFAULT_TEMPLATE, max_len: int | None = None,
-             batch_size: int = 16, return_info: bool = False):
+             batch_size: int = 16, share_prompts: bool = True, return_info: bool = False):
   """(predictions [n] label strings, probs [n, len(labels)]) for `eval_records`, k demonstrations each.
 
   Demonstrations come from the `train_records` whose label is in `labels` (see `draw_demonstrations`).
   `max_text_tokens` caps each text (demonstrations and query); None gives each of the k + 1 texts an
   equal share of the context `max_len` (default: the model's) after the template's own tokens.
   Demonstrations that still do not fit are dropped, the first first. `normalize`: "sum", "per_token"
-  or "unconditional" (see the module docstring).
+  or "unconditional" (see the module docstring). `share_prompts` (default) scores all labels of a query in
+  one row with `score_label_sets` (the prompt computed once); False scores each pair on its own row with
+  `score_continuations` (the reference: same numbers, labels times the work).
 
   With `return_info=True` a third value: {"demonstrations": [n] ints used per record, "scores":
   [n, labels] the normalised scores, "log_probs": [n, labels] summed nats, "tokens": [n, labels]
@@ -272,21 +383,25 @@ def classify(mcfg: ModelConfig, params, tokenizer, train_records: Sequence[Mappi
       demos = demos[1:]
     truncated += not fits
     used.append(len(demos))
-    prompt_ids += [p for p, _ in pairs]
-    cont_ids += [c for _, c in pairs]
+    prompt_ids.append([p for p, _ in pairs])
+    cont_ids.append([c for _, c in pairs])
 
-  shape = (len(eval_records), len(labels))
-  log_probs = score_continuations(mcfg, params, prompt_ids, cont_ids, batch_size=batch_size,
-                                  max_len=limit).reshape(shape)
-  tokens = np.array([len(ids) for ids in cont_ids], np.int64).reshape(shape)
+  def scores_of(prompts, conts):  # [queries, labels] summed nats.
+    if share_prompts:
+      return score_label_sets(mcfg, params, prompts, conts, batch_size=batch_size, max_len=limit)
+    flat = score_continuations(mcfg, params, [p for ps in prompts for p in ps], [c for cs in conts for c in cs],
+                               batch_size=batch_size, max_len=limit)
+    return flat.reshape(len(prompts), len(labels))
+
+  log_probs = scores_of(prompt_ids, cont_ids)
+  tokens = np.array([[len(ids) for ids in cs] for cs in cont_ids], np.int64)
   unconditional, scores = None, log_probs
   if normalize == "per_token":
     scores = log_probs / tokens
   elif normalize == "unconditional":
     context = _split_template(template)[0].format(text="")
     pairs = [_encode_pair(tokenizer, context, c) for c in conts]
-    unconditional = score_continuations(mcfg, params, [p for p, _ in pairs], [c for _, c in pairs],
-                                        batch_size=batch_size, max_len=limit)
+    unconditional = scores_of([[p for p, _ in pairs]], [[c for _, c in pairs]])[0]
     scores = log_probs - unconditional[None, :]
   probs = np.exp(scores - scores.max(axis=1, keepdims=True, initial=-np.inf))
   probs /= probs.sum(axis=1, keepdims=True)

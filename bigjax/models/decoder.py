@@ -37,6 +37,9 @@ class Decoder(nn.Module):
   Packed rows pass `segment_ids` (1, 2, ... per example, 0 for padding: attention never crosses a
   segment) and `positions` that restart at 0 in each segment. `prefix_mask` (1 on a prefix LM's inputs)
   makes the prefix visible both ways, as in T5's decoder-only prefix LM; the rest stays causal.
+  `branch_ids` lay several continuations of one shared prefix out in one row (tree attention): 0 on the
+  shared tokens, j on continuation j's; a token sees the shared tokens and its own branch's earlier
+  tokens, never another branch's (give each branch the `positions` it would have after the prefix).
   With `decode=True` the call processes the next tokens after those already in the "cache" collection
   (see `bigjax.models.step_fn`).
   """
@@ -46,16 +49,16 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None, prefix_mask=None,
-               deterministic: bool = True):
+               branch_ids=None, deterministic: bool = True):
     cfg = self.cfg
     b, n = input_ids.shape
     tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
                           cfg.dtype, cfg.param_dtype, name="token_embed")
     flash = layers.uses_flash(cfg, deterministic=deterministic, decode=self.decode)
     if self.decode:
-      if segment_ids is not None or prefix_mask is not None:
-        raise ValueError("decode=True steps one sequence per row: segment_ids and prefix_mask are for "
-                         "training and scoring")
+      if segment_ids is not None or prefix_mask is not None or branch_ids is not None:
+        raise ValueError("decode=True steps one sequence per row: segment_ids, prefix_mask and branch_ids are "
+                         "for training and scoring")
       index, kv_len = decode_position(self, input_ids)
       positions = jnp.broadcast_to(index + jnp.arange(n), (b, n))
       mask = layers.causal_mask(n, kv_len, offset=index)[None, None]
@@ -69,6 +72,12 @@ class Decoder(nn.Module):
           raise ConfigError("model.attention='flash' has causal and segment masks only, not a prefix LM's; "
                             "use 'auto', 'plain', 'xla' or 'cudnn'")
         mask = jnp.logical_or(mask, layers.prefix_visible(prefix_mask))
+      if branch_ids is not None:
+        if flash:
+          raise ConfigError("model.attention='flash' has causal and segment masks only, not branch_ids' "
+                            "shared-prefix mask; use 'auto', 'plain', 'xla' or 'cudnn'")
+        kb = branch_ids[:, None, None, :]
+        mask = jnp.logical_and(mask, (kb == 0) | (kb == branch_ids[:, None, :, None]))
     mask = layers.combine_masks(mask, None if self.decode else layers.padding_mask(attention_mask),
                                 layers.segment_mask(segment_ids))
     if flash:
