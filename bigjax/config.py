@@ -68,6 +68,12 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_max_len: int = 8192
+  # Decoder options of today's open models (model.family='decoder'):
+  sliding_window: int = 0  # Mistral: a query sees the last `sliding_window` positions only (itself included); 0 = all.
+  qkv_bias: bool = False  # Qwen2: biases on the query/key/value projections (use_bias=True has them anyway).
+  qk_norm: bool = False  # Qwen3: RMSNorm over each head's width on queries and keys, before the rotation.
+  norm_plus_one: bool = False  # Gemma: norms multiply by (1 + scale); the stored scale starts at 0.
+  embed_scale: bool = False  # Gemma: token embeddings times sqrt(d_model) (the tied output layer unscaled).
   relative_buckets: int = 32  # T5 relative-position buckets.
   relative_max_distance: int = 128  # T5: distances beyond this share the last bucket.
   norm: str = "layernorm"  # "layernorm" (mean and variance, scale and bias) or "rmsnorm" (scale only).
@@ -127,6 +133,13 @@ class ModelConfig:
     if self.kv_heads != self.num_heads and self.family != "decoder":
       raise ConfigError(f"model.num_kv_heads={self.num_kv_heads}: grouped-query attention is for "
                         f"model.family='decoder', not {self.family!r}; leave it 0")
+    if self.sliding_window < 0:
+      raise ConfigError(f"model.sliding_window={self.sliding_window}: must be >= 0 (0 = no window)")
+    decoder_only = [f"model.{name}" for name in ("sliding_window", "qkv_bias", "qk_norm", "embed_scale")
+                    if getattr(self, name)]
+    if decoder_only and self.family != "decoder":
+      raise ConfigError(f"{', '.join(decoder_only)}: for model.family='decoder' (Mistral, Qwen, Gemma), not "
+                        f"{self.family!r}")
     if self.positions == "rotary" and self.kv_dim % 2:
       raise ConfigError(f"model.positions='rotary' needs an even head width, got {self.kv_dim}")
     if self.positions == "relative":
@@ -171,6 +184,20 @@ _T5_V1_0 = dict(_T5, activation="relu", tie_embeddings=True)
 _T5_V1_1 = dict(_T5, activation="gelu_tanh", gated_mlp=True, tie_embeddings=False)
 
 
+# The Llama line (Hugging Face config.json values; `bigjax convert` loads these checkpoints as such models).
+_LLAMA = dict(family="decoder", positions="rotary", norm="rmsnorm", activation="silu", gated_mlp=True,
+              use_bias=False, tie_embeddings=False, layer_norm_eps=1e-5)
+_LLAMA3 = dict(_LLAMA, vocab_size=128256, max_len=131072, rope_theta=500000.0, rope_type="llama3",
+               rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_len=8192)
+_QWEN = dict(_LLAMA, layer_norm_eps=1e-6, rope_theta=1000000.0, vocab_size=151936, max_len=32768)
+_GEMMA = dict(_LLAMA, vocab_size=256000, max_len=8192, layer_norm_eps=1e-6, activation="gelu_tanh", head_dim=256,
+              norm_plus_one=True, embed_scale=True, tie_embeddings=True)
+
+
+def _decoder(base, layers, d, heads, kv_heads, d_ff, **kw):
+  return dict(base, num_layers=layers, d_model=d, num_heads=heads, num_kv_heads=kv_heads, d_ff=d_ff, **kw)
+
+
 def _bert(layers, d, heads):
   return dict(_BERT, num_layers=layers, d_model=d, num_heads=heads, d_ff=4 * d)
 
@@ -184,6 +211,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2_medium": dict(_GPT2, d_model=1024, num_layers=24, num_heads=16, d_ff=4096),
     "gpt2_large": dict(_GPT2, d_model=1280, num_layers=36, num_heads=20, d_ff=5120),
     "gpt2_xl": dict(_GPT2, d_model=1600, num_layers=48, num_heads=25, d_ff=6400),
+    # Llama 2 (Touvron et al. 2023), Llama 3.1 / 3.2 (Meta 2024: grouped-query heads, Llama 3.1's RoPE bands).
+    "llama2_7b": _decoder(_LLAMA, 32, 4096, 32, 0, 11008, vocab_size=32000, max_len=4096),
+    "llama3_2_1b": _decoder(_LLAMA3, 16, 2048, 32, 8, 8192, rope_factor=32.0, tie_embeddings=True),
+    "llama3_2_3b": _decoder(_LLAMA3, 28, 3072, 24, 8, 8192, rope_factor=32.0, tie_embeddings=True),
+    "llama3_1_8b": _decoder(_LLAMA3, 32, 4096, 32, 8, 14336, rope_factor=8.0),
+    "llama3_1_70b": _decoder(_LLAMA3, 80, 8192, 64, 8, 28672, rope_factor=8.0),
+    # Mistral 7B v0.1 (Jiang et al. 2023): a 4,096-token sliding window.
+    "mistral_7b": _decoder(_LLAMA, 32, 4096, 32, 8, 14336, vocab_size=32000, max_len=32768, sliding_window=4096),
+    # Qwen2.5 (biases on q/k/v) and Qwen3 (per-head q/k RMSNorm, head_dim 128).
+    "qwen2_5_0_5b": _decoder(_QWEN, 24, 896, 14, 2, 4864, qkv_bias=True, tie_embeddings=True),
+    "qwen2_5_7b": _decoder(_QWEN, 28, 3584, 28, 4, 18944, qkv_bias=True, vocab_size=152064, max_len=131072),
+    "qwen3_0_6b": _decoder(_QWEN, 28, 1024, 16, 8, 3072, qk_norm=True, head_dim=128, max_len=40960,
+                           tie_embeddings=True),
+    "qwen3_8b": _decoder(_QWEN, 36, 4096, 32, 8, 12288, qk_norm=True, head_dim=128, max_len=40960),
+    # Gemma (Gemma Team 2024): GeGLU, 1 + w norms, sqrt(d_model) embeddings, head_dim 256; 2B is multi-query.
+    "gemma_2b": _decoder(_GEMMA, 18, 2048, 8, 1, 16384),
+    "gemma_7b": _decoder(_GEMMA, 28, 3072, 16, 0, 24576),
     # BERT (Devlin et al. 2018) and the compact BERTs of Turc et al. 2019 (google-research/bert).
     "bert_tiny": _bert(2, 128, 2),
     "bert_mini": _bert(4, 256, 4),

@@ -24,7 +24,7 @@ MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 FAMILY_MESHES = {"decoder": MESHES, "encoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
                  "encoder_decoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
                  # 2 key/value heads: sharded over tensor 2, replicated over tensor 4 (partitioning.fit_kv_heads).
-                 "grouped_query": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
+                 "open_models": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
                  "adafactor": [(1, 1, 1), (2, 2, 2), (1, 2, 4)]}
 STEPS = 5
 
@@ -34,8 +34,12 @@ FAMILIES = {  # Every sharded dimension divides by 8 (fsdp) or 4 (tensor): embed
     "encoder_decoder": {"model.family": "encoder_decoder", "model.positions": "relative", "model.norm": "rmsnorm",
                         "model.use_bias": False, "model.gated_mlp": True, "model.tie_embeddings": False,
                         "model.num_decoder_layers": 1},
-    "grouped_query": {"model.positions": "rotary", "model.norm": "rmsnorm", "model.gated_mlp": True,
-                      "model.activation": "silu", "model.use_bias": False, "model.num_kv_heads": 2},
+    # Every switch of the Llama line at once: grouped-query heads, Mistral's window (shorter than the rows),
+    # Qwen2's q/k/v biases, Qwen3's q/k norms, Gemma's 1 + w norms and scaled embeddings.
+    "open_models": {"model.positions": "rotary", "model.norm": "rmsnorm", "model.gated_mlp": True,
+                    "model.activation": "silu", "model.use_bias": False, "model.num_kv_heads": 2,
+                    "model.sliding_window": 6, "model.qkv_bias": True, "model.qk_norm": True,
+                    "model.norm_plus_one": True, "model.embed_scale": True},
     # The decoder trained by Adafactor, matrices of 64 x 128 factored: its statistics shard like their params.
     "adafactor": {"optim.name": "adafactor", "optim.adafactor_min_dim_to_factor": 32},
 }
@@ -95,7 +99,7 @@ def _run(config, shape, batches):
   return losses, jax.device_get(state.params), state
 
 
-@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder", "grouped_query", "adafactor"])
+@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder_decoder", "open_models", "adafactor"])
 def test_every_mesh_gives_the_same_losses_and_params(family):
   # One batch again and again: the loss must fall, on every mesh.
   ref_losses, ref_params, _ = _run_cached(family, (1, 1, 1))

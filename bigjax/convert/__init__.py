@@ -22,7 +22,7 @@ from bigjax.convert import bert, gpt2, llama, t5
 from bigjax.convert.common import Tensors
 
 # model_type in config.json → the module that converts it.
-_READERS = {"gpt2": gpt2, "bert": bert, "t5": t5, "llama": llama}
+_READERS = {"gpt2": gpt2, "bert": bert, "t5": t5, **{kind: llama for kind in llama.ARCHITECTURES}}
 
 
 def read_safetensors(path: epath.Path) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Decoder-only language model: GPT-2 by default (learned positions, pre-LayerNorm, GELU, tied output),
 and the options research decoders use now (rotary positions, RMSNorm, SwiGLU, no biases, untied output:
 a Llama-style model is `positions="rotary", norm="rmsnorm", activation="silu", gated_mlp=True,
-use_bias=False, tie_embeddings=False`).
+use_bias=False, tie_embeddings=False`; Mistral adds `sliding_window`, Qwen2 `qkv_bias`, Qwen3 `qk_norm`,
+Gemma `norm_plus_one` and `embed_scale` with a gated tanh-GELU).
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ class Decoder(nn.Module):
                          "for training and scoring")
       index, kv_len = decode_position(self, input_ids)
       positions = jnp.broadcast_to(index + jnp.arange(n), (b, n))
-      mask = layers.causal_mask(n, kv_len, offset=index)[None, None]
+      mask = layers.causal_mask(n, kv_len, offset=index, window=cfg.sliding_window)[None, None]
     else:
       index = None
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(n), (b, n))
-      mask = layers.causal_mask(n)[None, None]
+      mask = layers.causal_mask(n, window=cfg.sliding_window)[None, None]
       if prefix_mask is not None:
         if flash:
           raise ConfigError("model.attention='flash' has causal and segment masks only, not a prefix LM's; "
@@ -81,9 +82,14 @@ class Decoder(nn.Module):
     mask = layers.combine_masks(mask, None if self.decode else layers.padding_mask(attention_mask),
                                 layers.segment_mask(segment_ids))
     if flash:
+      if cfg.sliding_window:
+        raise ConfigError(f"model.attention='flash' has no sliding window (model.sliding_window="
+                          f"{cfg.sliding_window}); use 'auto', 'plain', 'xla' or 'cudnn'")
       mask = layers.self_segments(attention_mask, segment_ids)
 
     x = tokens(input_ids)
+    if cfg.embed_scale:  # Gemma: the scale in the compute dtype, as Hugging Face's Gemma rounds it.
+      x = x * jnp.asarray(cfg.d_model ** 0.5, x.dtype)
     if cfg.positions == "learned":
       x = x + layers.Embed(cfg.max_len, cfg.d_model, ("length", "embed"), 0.01,
                            cfg.dtype, cfg.param_dtype, name="position_embed")(positions)

@@ -62,33 +62,39 @@ def kernel_std(cfg: ModelConfig, fan_in: int, *, residual: bool = False) -> floa
 
 
 class Norm(nn.Module):
-  """LayerNorm (mean and variance; scale and bias) or RMSNorm (T5/Llama: scale only), in float32."""
+  """LayerNorm (mean and variance; scale and bias) or RMSNorm (T5/Llama: scale only) over the last axis, in
+  float32. `plus_one` (Gemma) multiplies by 1 + scale, the scale starting at 0."""
 
   kind: str = "layernorm"
   eps: float = 1e-5
   dtype: str = "float32"
   param_dtype: str = "float32"
+  plus_one: bool = False
+  names: tuple[str, ...] = ("embed",)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
     pd = dtype_of(self.param_dtype)
-    scale = self.param("scale", param_init(nn.initializers.ones, ("embed",)), (d,), pd)
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale = self.param("scale", param_init(init, self.names), (d,), pd).astype(jnp.float32)
+    if self.plus_one:
+      scale = 1.0 + scale
     xf = x.astype(jnp.float32)
     if self.kind == "rmsnorm":
       y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
-      y = y * scale.astype(jnp.float32)
+      y = y * scale
     else:
-      bias = self.param("bias", param_init(nn.initializers.zeros, ("embed",)), (d,), pd)
+      bias = self.param("bias", param_init(nn.initializers.zeros, self.names), (d,), pd)
       mean = xf.mean(-1, keepdims=True)
       var = jnp.square(xf - mean).mean(-1, keepdims=True)
       y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-      y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+      y = y * scale + bias.astype(jnp.float32)
     return y.astype(dtype_of(self.dtype))
 
 
 def norm(cfg: ModelConfig, name: str) -> Norm:
-  return Norm(cfg.norm, cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+  return Norm(cfg.norm, cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, cfg.norm_plus_one, name=name)
 
 
 class Dense(nn.Module):
@@ -118,10 +124,12 @@ class Dense(nn.Module):
     return y
 
 
-def causal_mask(q_len: int, kv_len: int | None = None, offset=0) -> Array:
-  """`[q_len, kv_len]`: query i (at position offset + i) may attend keys at positions <= offset + i."""
+def causal_mask(q_len: int, kv_len: int | None = None, offset=0, window: int = 0) -> Array:
+  """`[q_len, kv_len]`: query i (at position offset + i) may attend keys at positions <= offset + i, and with
+  a `window` > 0 (Mistral's sliding window) only the last `window` of them: offset + i - window < key."""
   kv_len = q_len if kv_len is None else kv_len
-  return (offset + jnp.arange(q_len))[:, None] >= jnp.arange(kv_len)[None, :]
+  q, k = (offset + jnp.arange(q_len))[:, None], jnp.arange(kv_len)[None, :]
+  return (q >= k) & (k > q - window) if window else q >= k
 
 
 def padding_mask(mask: Array | None) -> Array | None:
@@ -375,18 +383,24 @@ class Attention(nn.Module):
     inner = cfg.num_heads * cfg.kv_dim
     t5 = cfg.family == "encoder_decoder"
     q_std = kernel_std(cfg, cfg.d_model * cfg.kv_dim) if t5 else cfg.init_std
-    q = constrain(dense(hk, ("embed",), ("heads", "kv"), init_std=q_std, name="query")(x), BTHD)
+    qkv_bias = cfg.use_bias or cfg.qkv_bias
+    q = constrain(dense(hk, ("embed",), ("heads", "kv"), use_bias=qkv_bias, init_std=q_std, name="query")(x), BTHD)
     if self.decode and self.cross and self.has_variable("cache", "cross_key"):
       k, v = self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
     else:
       kv_names = ("heads", "kv") if cfg.kv_heads == cfg.num_heads else ("kv_heads", "kv")
       hkv = (cfg.kv_heads, cfg.kv_dim)
-      k = dense(hkv, ("embed",), kv_names, init_std=kernel_std(cfg, cfg.d_model), name="key")(kv)
-      v = dense(hkv, ("embed",), kv_names, init_std=kernel_std(cfg, cfg.d_model), name="value")(kv)
+      k = dense(hkv, ("embed",), kv_names, use_bias=qkv_bias, init_std=kernel_std(cfg, cfg.d_model), name="key")(kv)
+      v = dense(hkv, ("embed",), kv_names, use_bias=qkv_bias, init_std=kernel_std(cfg, cfg.d_model),
+                name="value")(kv)
       k, v = (constrain(t, BTHD if cfg.kv_heads == cfg.num_heads else BTKD) for t in (k, v))
+      if cfg.qk_norm:  # Qwen3: each head's key normalised over its width.
+        k = Norm("rmsnorm", cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, names=("kv",), name="key_norm")(k)
       if self.decode and self.cross and not self.is_initializing():  # The first step: kept for the rest.
         self.put_variable("cache", "cross_key", k)
         self.put_variable("cache", "cross_value", v)
+    if cfg.qk_norm:
+      q = Norm("rmsnorm", cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, names=("kv",), name="query_norm")(q)
     if cfg.positions == "rotary":
       q = rotary(q, positions, cfg)
       k = rotary(k, positions if kv_positions is None else kv_positions, cfg)
