@@ -44,6 +44,23 @@ def main():
       "llama": (tf.LlamaForCausalLM, tf.LlamaConfig(vocab_size=300, hidden_size=96, intermediate_size=200,
                                                     num_hidden_layers=4, num_attention_heads=3,
                                                     num_key_value_heads=3, max_position_embeddings=64)),
+      "llama3_gqa": (tf.LlamaForCausalLM, tf.LlamaConfig(
+          vocab_size=300, hidden_size=96, intermediate_size=200, num_hidden_layers=4, num_attention_heads=6,
+          num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+          rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+                           "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
+      "mistral": (tf.MistralForCausalLM, tf.MistralConfig(
+          vocab_size=300, hidden_size=96, intermediate_size=200, num_hidden_layers=4, num_attention_heads=6,
+          num_key_value_heads=2, head_dim=24, max_position_embeddings=64, sliding_window=16)),
+      "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config(
+          vocab_size=300, hidden_size=96, intermediate_size=200, num_hidden_layers=4, num_attention_heads=9,
+          num_key_value_heads=3, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True)),
+      "qwen3": (tf.Qwen3ForCausalLM, tf.Qwen3Config(
+          vocab_size=300, hidden_size=96, intermediate_size=200, num_hidden_layers=4, num_attention_heads=6,
+          num_key_value_heads=2, head_dim=32, max_position_embeddings=64)),
+      "gemma": (tf.GemmaForCausalLM, tf.GemmaConfig(
+          vocab_size=300, hidden_size=96, intermediate_size=200, num_hidden_layers=4, num_attention_heads=3,
+          num_key_value_heads=1, head_dim=64, max_position_embeddings=64)),
   }
   rng = np.random.default_rng(0)
   ids = rng.integers(3, 300, (4, 40))
