@@ -422,6 +422,13 @@ def default_config() -> ml_collections.ConfigDict:
   # checkpoint is kept), "skip" leaves params and optimizer state as they were and goes on.
   c.train.on_nonfinite = "error"
   c.train.init_from = ""  # A workdir whose latest params start a fresh run (ignored when resuming).
+  # LoRA (bigjax.lora): rank > 0 trains low-rank adapters on the block projections whose module path
+  # ("decoder/block_0/attention/query", ...) the regular expression lora_targets finds; every other weight
+  # stays frozen, bitwise. Readers of the workdir (eval, decode, convert) get the adapters merged in.
+  c.train.lora_rank = 0
+  c.train.lora_alpha = 16.0  # The adapter's output is scaled by lora_alpha / lora_rank.
+  c.train.lora_targets = "attention/(query|value)$"  # Hu et al.'s W_q and W_v; e.g. "attention|mlp" for all.
+  c.train.lora_dropout = 0.0  # Dropout on the adapter's input (the base path is not dropped).
   c.train.num_samples = 2  # Texts sampled at each eval into samples.txt (0 = none).
   c.train.sample_len = 64  # Tokens sampled after each prompt.
   c.train.sample_temperature = 0.8
@@ -452,6 +459,23 @@ def check_decay_steps(value) -> None:
     raise ConfigError(f"optim.decay_steps={value!r}: must be an integer >= 0 (0 = the first run's train.steps)")
 
 
+def _check_lora(train) -> None:
+  import re  # pylint: disable=g-import-not-at-top
+  rank = train.get("lora_rank", 0)
+  if not isinstance(rank, int) or rank < 0:
+    raise ConfigError(f"train.lora_rank={rank!r}: must be an integer >= 0 (0 = no LoRA)")
+  if not rank:
+    return
+  if train.get("lora_alpha", 16.0) <= 0:
+    raise ConfigError(f"train.lora_alpha={train.lora_alpha}: must be > 0")
+  if not 0.0 <= train.get("lora_dropout", 0.0) < 1.0:
+    raise ConfigError(f"train.lora_dropout={train.lora_dropout}: must be in [0, 1)")
+  try:
+    re.compile(train.get("lora_targets", ""))
+  except re.error as e:
+    raise ConfigError(f"train.lora_targets={train.lora_targets!r} is not a regular expression: {e}") from None
+
+
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Checks that need only the config; returns the ModelConfig. Raises ConfigError.
 
@@ -478,6 +502,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   _choice("train.best_mode", config.train.best_mode, ("min", "max"))
   if config.train.num_samples < 0 or config.train.sample_len < 0:
     raise ConfigError("train.num_samples and train.sample_len must be >= 0")
+  _check_lora(config.train)
   if config.optim.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate={config.optim.learning_rate}: must be > 0")
   if config.optim.warmup_steps < 0:

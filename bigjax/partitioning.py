@@ -44,6 +44,7 @@ RULES: tuple[tuple[str, object], ...] = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),  # Grouped-query attention's key/value heads (see fit_kv_heads).
     ("kv", None),
+    ("lora_rank", None),  # LoRA's rank axis: a few columns, replicated.
     ("mlp", "tensor"),
     ("length", None),
     ("relpos", None),  # T5's relative-position buckets.

@@ -56,6 +56,7 @@ from bigjax import config as config_lib
 from bigjax import devices
 from bigjax import optim
 from bigjax import partitioning
+from bigjax import lora as lora_lib
 from bigjax import steps
 from bigjax.config import ConfigError
 
@@ -367,9 +368,13 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
   partitioning.check_batch(config.data.batch_size, mesh)
   batch = abstract_batch(config, mcfg)
   rules = partitioning.fit_kv_heads(partitioning.rules_for(config.mesh.rules), mcfg, mesh)[0]
-  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config))
+  adapters = lora_lib.spec(config)
+  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config), lora=adapters)
   state, shardings = abstract.state, abstract.shardings
   params = shard_bytes(state.params, shardings.params)
+  trained = params  # The gradients: param-sized, or with LoRA the adapters' only.
+  if adapters is not None:
+    trained = shard_bytes(lora_lib.split(state.params)[0], lora_lib.split(shardings.params)[0])
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch}
   # Gradient accumulation: activations of one microbatch, and a second gradient buffer (the running sum).
   k = config.train.grad_accum_steps
@@ -380,10 +385,10 @@ def estimate(config, mesh_shape=None, num_devices: int | None = None, device_mem
       family=mcfg.family, param_count=abstract.param_count,
       mesh=shape, devices=num_devices, device_memory=int(device_memory), memory_source=memory_source,
       params=params, optimizer=shard_bytes(state.opt_state, shardings.opt_state),
-      gradients=params * (2 if k > 1 else 1),
+      gradients=trained * (2 if k > 1 else 1),
       batch=shard_bytes(batch, batch_sh), activations=act["saved"], peak=act["peak"],
       detail={**act, "optimizer_arrays": opt_leaves, "remat_policy": mcfg.remat_policy,
-              "scan_layers": mcfg.scan_layers, "grad_accum_steps": k, "batch_shapes": {k: list(v.shape) for k, v in batch.items()}})
+              "scan_layers": mcfg.scan_layers, "grad_accum_steps": k, "lora": adapters is not None, "batch_shapes": {k: list(v.shape) for k, v in batch.items()}})
 
 
 def compile_memory(config, mesh_shape=None) -> dict:
@@ -393,7 +398,7 @@ def compile_memory(config, mesh_shape=None) -> dict:
   mesh = partitioning.make_mesh(tuple(mesh_shape or config.mesh.shape), config.mesh.num_devices)
   partitioning.check_batch(config.data.batch_size, mesh)
   rules = partitioning.fit_kv_heads(partitioning.rules_for(config.mesh.rules), mcfg, mesh)[0]
-  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config))
+  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config), lora=lora_lib.spec(config))
   state_sh = abstract.shardings
   batch_sh = partitioning.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in abstract_batch(config, mcfg).items()}
@@ -440,8 +445,8 @@ def report(plan: Plan, config) -> str:
   rows = [
       ("params", plan.params, f"{plan.param_count:,} x {config.model.param_dtype}, sharded by the rules"),
       ("optimizer state", plan.optimizer, f"{d['optimizer_arrays']} arrays ({_OPTIMIZER_STATE[config.optim.get('name', 'adamw')]})"),
-      ("gradients", plan.gradients, "param-sized, sharded like the params (twice: the running sum, with "
-                                    "train.grad_accum_steps > 1)"),
+      ("gradients", plan.gradients, ("the LoRA adapters' only" if d.get("lora") else "param-sized") +
+       ", sharded like the params (twice: the running sum, with train.grad_accum_steps > 1)"),
       ("batch", plan.batch, f"{d['rows']} row{'s' * (d['rows'] != 1)} per device of {batch_shapes}"),
       ("activations saved", plan.activations, f"remat {d['remat_policy']}, scan_layers {d['scan_layers']}: "
        + "; ".join(d["detail"])),

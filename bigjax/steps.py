@@ -79,18 +79,28 @@ class Abstract:
     return jax.jit(lambda: nn.meta.unbox(init(jax.random.PRNGKey(seed))), out_shardings=self.shardings)
 
 
+def trained(module, params):
+  """The params the optimizer updates: all of them, or with LoRA (`module.lora`) the adapters only."""
+  if getattr(module, "lora", None) is None:
+    return params
+  from bigjax import lora  # pylint: disable=g-import-not-at-top
+  return lora.split(params)[0]
+
+
 def _init_state(module, tx):
   def init(rng):
     params = init_params(module, rng)
-    return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params) if tx is not None else ())
+    return TrainState(jnp.zeros([], jnp.int32), params, tx.init(trained(module, params)) if tx is not None else ())
   return init
 
 
-def abstract_state(mcfg: ModelConfig, mesh, rules, tx: optax.GradientTransformation | None = None) -> Abstract:
+def abstract_state(mcfg: ModelConfig, mesh, rules, tx: optax.GradientTransformation | None = None,
+                   lora=None) -> Abstract:
   """The state by shape on `mesh` (a Mesh or an AbstractMesh): eval_shape → every logical axis has a rule →
-  logical shardings → every sharded dimension divides. Without `tx`, params only (opt_state is `()`).
+  logical shardings → every sharded dimension divides. Without `tx`, params only (opt_state is `()`); with
+  `lora` (a `layers.Lora`) the params include its adapters and the optimizer state covers those only.
   Raises ConfigError naming the parameter when a rule or a size does not fit."""
-  module = models.build(mcfg)
+  module = models.build(mcfg, lora=lora)
   boxed = jax.eval_shape(_init_state(module, tx), jax.random.PRNGKey(0))
   partitioning.check_rules(boxed, rules)
   shardings = partitioning.logical_shardings(boxed, mesh, rules)
@@ -101,9 +111,10 @@ def abstract_state(mcfg: ModelConfig, mesh, rules, tx: optax.GradientTransformat
   return Abstract(module, tx, boxed, state, shardings, count)
 
 
-def abstract_params(mcfg: ModelConfig):
-  """The params of `mcfg` by shape (ShapeDtypeStructs, unboxed, no shardings): what a checkpoint must hold."""
-  module = models.build(mcfg)
+def abstract_params(mcfg: ModelConfig, lora=None):
+  """The params of `mcfg` (with `lora`'s adapters) by shape (ShapeDtypeStructs, unboxed, no shardings): what a
+  checkpoint must hold."""
+  module = models.build(mcfg, lora=lora)
   return partitioning.unbox(jax.eval_shape(lambda r: init_params(module, r), jax.random.PRNGKey(0)))
 
 
@@ -128,29 +139,40 @@ def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, 
 
   Not `optax.apply_if_finite`: it wraps the optimizer state in counters of its own, so a checkpoint of
   an `error` run (or of any run before) could not be resumed with `skip` — the very recovery the
-  non-finite error suggests — and it looks at the gradients only, not at the loss."""
+  non-finite error suggests — and it looks at the gradients only, not at the loss.
+
+  With LoRA (`module.lora`) the gradients are the adapters' only: the frozen weights enter the loss as
+  constants and leave the step as they came (bitwise)."""
+  lora_on = getattr(module, "lora", None) is not None
+
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
     count = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+    if lora_on:
+      from bigjax import lora  # pylint: disable=g-import-not-at-top
+      train_params, frozen = lora.split(state.params)
+      whole = lambda p: lora.combine(p, frozen)
+    else:
+      train_params, whole = state.params, lambda p: p
 
     def loss_fn(params, b, r):
-      total, _ = weighted_xent(logits(module, params, b, deterministic=False, rngs={"dropout": r}),
+      total, _ = weighted_xent(logits(module, whole(params), b, deterministic=False, rngs={"dropout": r}),
                                b["targets"], b["weights"])
       return total / count
 
     if grad_accum_steps == 1:
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+      loss, grads = jax.value_and_grad(loss_fn)(train_params, batch, rng)
     else:
       def micro(carry, xs):
         i, b = xs
-        l, g = jax.value_and_grad(loss_fn)(state.params, b, jax.random.fold_in(rng, i))
+        l, g = jax.value_and_grad(loss_fn)(train_params, b, jax.random.fold_in(rng, i))
         return jax.tree_util.tree_map(jnp.add, carry, (l, g)), None
-      zeros = (jnp.zeros([], jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
+      zeros = (jnp.zeros([], jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, train_params))
       (loss, grads), _ = jax.lax.scan(
           micro, zeros, (jnp.arange(grad_accum_steps), split_microbatches(batch, grad_accum_steps)))
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, train_params)
+    params = whole(optax.apply_updates(train_params, updates))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if on_nonfinite == "skip":
       params, opt_state = optax.tree.where(finite, (params, opt_state), (state.params, state.opt_state))

@@ -25,6 +25,7 @@ import numpy as np
 from bigjax import checkpoint as ckpt_lib
 from bigjax import config as config_lib
 from bigjax import decode
+from bigjax import lora as lora_lib
 from bigjax import models
 from bigjax import optim
 from bigjax import partitioning
@@ -126,7 +127,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise ConfigError(f"train.best_metric={config.train.best_metric!r}: allowed values are "
                       f"{', '.join(map(repr, ('',) + eval_names))}")
 
-  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config))
+  adapters = lora_lib.spec(config)
+  abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config), lora=adapters)
+  if adapters is not None:
+    log(lora_lib.describe(abstract.state.params, adapters))  # Names train.lora_targets if it finds nothing.
   ckpt = ckpt_lib.Checkpointer(str(root), keep=config.train.keep_checkpoints,
                                async_save=config.train.async_checkpoints, best_metric=config.train.best_metric,
                                best_mode=config.train.best_mode)
@@ -213,7 +217,10 @@ def init_from(source: str, mcfg, fresh_params, shardings, tokenizer: str | None 
     got = workdir_lib.latest_params(source, mcfg, shardings, subset=True, setting="train.init_from")
     loaded, fresh, unused = flat(got.params), got.fresh, got.unused
     what = f"step {got.step} of that workdir"
+  adapters = [n for n in fresh if lora_lib.is_adapter(n)]
+  fresh = [n for n in fresh if not lora_lib.is_adapter(n)]
   log(f"bigjax: init_from {source} ({what}): {len(loaded)} parameters loaded"
+      + (f"; {len(adapters)} LoRA adapter matrices start fresh" if adapters else "")
       + (f"; freshly initialised: {', '.join(fresh)}" if fresh else "")
       + (f"; not used here: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}" if unused else ""))
   return flax.traverse_util.unflatten_dict({n: loaded.get(n, leaf) for n, leaf in ours.items()}, sep="/")
@@ -317,7 +324,10 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
       return
     prompts = np.asarray(data.eval_windows.gather(np.arange(n) % data.eval_windows.count)[:, :_PROMPT_LEN])
     with partitioning.activate(mesh, run.rules):
-      out = np.asarray(sampler(state.params, jnp.asarray(prompts), jax.random.PRNGKey(step)))
+      params = state.params
+      if run.abstract.module.lora is not None:  # The sampler's model has no adapters: merged in.
+        params = jax.jit(lambda p: lora_lib.merge(p, run.abstract.module.lora))(params)
+      out = np.asarray(sampler(params, jnp.asarray(prompts), jax.random.PRNGKey(step)))
     if jax.process_index() == 0:
       with (run.workdir / "samples.txt").open("a") as f:
         f.write(f"=== step {step} (temperature {config.train.sample_temperature}, "

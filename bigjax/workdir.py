@@ -33,7 +33,8 @@ METRICS = "metrics.jsonl"
 # Settings that fix what a workdir holds: a resumed run must not change them.
 PINNED = ("model", "data.tokenizer", "data.source", "data.text_key", "data.target_key", "data.labels",
           "data.objective", "data.seq_len", "data.target_len", "data.pack", "data.batch_size", "train.seed",
-          "optim.decay_steps", "optim.name")  # The optimizer's state has its shape in the checkpoints.
+          "optim.decay_steps", "optim.name",  # The optimizer's state has its shape in the checkpoints.
+          "train.lora_rank", "train.lora_alpha", "train.lora_targets")  # So do the adapters, and their merge.
 
 
 def log(msg: str) -> None:
@@ -248,6 +249,8 @@ def latest_params(workdir, model_config: ModelConfig | None = None, shardings=No
   checked against `model_config`'s first: a mismatch is a one-line error naming the parameter. Every
   parameter must be there, and nothing else, unless `subset` (fine-tuning from another model: a new
   head): then the parameters both have are returned (flat names in `fresh` / `unused` for the rest).
+  A LoRA run's checkpoint (`train.lora_rank` in its config) is read with its adapters and returned with
+  them merged into the kernels (`bigjax.lora.merge`): every reader sees the fine-tuned model.
   """
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -258,8 +261,10 @@ def latest_params(workdir, model_config: ModelConfig | None = None, shardings=No
   unflat = lambda d: flax.traverse_util.unflatten_dict(d, sep="/")
   root = path(workdir)
   saved = require_config(root, setting)
+  from bigjax import lora as lora_lib  # pylint: disable=g-import-not-at-top
   theirs = config_lib.model_config(run_config(saved))
   mcfg = model_config or theirs
+  adapters = lora_lib.spec(run_config(saved))  # A LoRA run's: read with them, returned merged.
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # Each process reads its own copy.
   ckpt = ckpt_lib.Checkpointer(str(root), read_only=True)
   try:
@@ -273,7 +278,7 @@ def latest_params(workdir, model_config: ModelConfig | None = None, shardings=No
     if not same_layout:  # Restore whole on one device and convert: then the names and shapes compare.
       whole = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), stored)
       stored = layout.to_layout(mcfg, jax.device_get(ckpt.restore_params(step, whole)))
-    ours, stored_flat = flat(steps.abstract_params(mcfg)), flat(stored)
+    ours, stored_flat = flat(steps.abstract_params(mcfg, lora=adapters)), flat(stored)
     for name, leaf in ours.items():
       if name in stored_flat and tuple(stored_flat[name].shape) != tuple(leaf.shape):
         raise ConfigError(f"{setting}={workdir}: checkpoint {where} holds {name} of shape "
@@ -290,6 +295,9 @@ def latest_params(workdir, model_config: ModelConfig | None = None, shardings=No
       raise ConfigError(f"{setting}={workdir}: no parameter there has a name used here "
                         f"(here: {', '.join(list(ours)[:3])}, ...)")
     sh = flat(shardings) if shardings is not None else {n: here for n in ours}
+    placed = sh
+    if adapters is not None:  # Merged on one device, then placed.
+      sh = {n: here for n in ours}
     if same_layout:  # Read just these parameters, each straight into its sharding.
       target = {n: jax.ShapeDtypeStruct(ours[n].shape, ours[n].dtype, sharding=sh[n]) for n in common}
       params = ckpt.restore_params(step, unflat(target))
@@ -297,4 +305,8 @@ def latest_params(workdir, model_config: ModelConfig | None = None, shardings=No
       params = unflat({n: jax.device_put(stored_flat[n].astype(ours[n].dtype), sh[n]) for n in common})
   finally:
     ckpt.close()
+  if adapters is not None:
+    params = flat(lora_lib.merge(params, adapters))
+    params = unflat({n: jax.device_put(v, placed.get(n, here)) for n, v in params.items()})
+    fresh, unused = ([n for n in names if not lora_lib.is_adapter(n)] for names in (fresh, unused))
   return Restored(params, step, theirs, saved, fresh, unused)

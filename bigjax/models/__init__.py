@@ -24,15 +24,17 @@ from bigjax.models.layout import scan_params, to_layout, unscan_params  # noqa: 
 _FAMILIES = {"encoder": Encoder, "decoder": Decoder, "encoder_decoder": EncoderDecoder}
 
 
-def build(cfg: ModelConfig, *, decode: bool = False):
-  """The module for `cfg`; `decode=True` (decoder and encoder_decoder) makes the KV-cache variant."""
+def build(cfg: ModelConfig, *, decode: bool = False, lora=None):
+  """The module for `cfg`; `decode=True` (decoder and encoder_decoder) makes the KV-cache variant; `lora` (a
+  `layers.Lora`) adds low-rank adapters to the blocks' projections it names (training; see bigjax.lora)."""
   if cfg.family not in _FAMILIES:
     raise ConfigError(f"model.family={cfg.family!r}: supported families are {', '.join(_FAMILIES)}")
+  extra = {"lora": lora} if lora is not None else {}
   if decode:
     if cfg.family == "encoder":
       raise ConfigError("model.family='encoder' does not generate text; decoding needs decoder or encoder_decoder")
-    return _FAMILIES[cfg.family](cfg, decode=True)
-  return _FAMILIES[cfg.family](cfg)
+    return _FAMILIES[cfg.family](cfg, decode=True, **extra)
+  return _FAMILIES[cfg.family](cfg, **extra)
 
 
 # ----------------------------------------------------------------------------------- decoding

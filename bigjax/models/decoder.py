@@ -47,6 +47,7 @@ class Decoder(nn.Module):
 
   cfg: ModelConfig
   decode: bool = False
+  lora: layers.Lora | None = None  # Low-rank adapters (training with train.lora_rank; see bigjax.lora).
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None, prefix_mask=None,
@@ -96,7 +97,7 @@ class Decoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BTE)
     x = layers.Stack(cfg, cfg.num_layers, decode=self.decode, deterministic=deterministic, causal=True,
-                     name="decoder")(
+                     lora=self.lora, name="decoder")(
         x, mask, None, positions, None, None, index)
     x = layers.norm(cfg, "ln_final")(x)
     if cfg.tie_embeddings:

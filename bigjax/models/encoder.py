@@ -22,6 +22,7 @@ class Encoder(nn.Module):
   """`apply({"params": p}, input_ids, attention_mask=m, token_type_ids=s)`; see the module docstring."""
 
   cfg: ModelConfig
+  lora: layers.Lora | None = None  # Low-rank adapters (training with train.lora_rank; see bigjax.lora).
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None, segment_ids=None,
@@ -54,7 +55,8 @@ class Encoder(nn.Module):
     mask = layers.combine_masks(layers.padding_mask(attention_mask), layers.segment_mask(segment_ids))
     if layers.uses_flash(cfg, deterministic=deterministic):
       mask = layers.self_segments(attention_mask, segment_ids)
-    x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, name="encoder")(x, mask, None, positions)
+    x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, lora=self.lora, name="encoder")(
+        x, mask, None, positions)
     x = layers.constrain(x, layers.BTE)
     if cfg.norm_position == "pre":
       x = layers.norm(cfg, "ln_final")(x)

@@ -18,6 +18,7 @@ from bigjax.models.decoder import decode_position
 
 class EncoderStack(nn.Module):
   cfg: ModelConfig
+  lora: layers.Lora | None = None
 
   @nn.compact
   def __call__(self, x, mask, deterministic: bool):
@@ -25,7 +26,7 @@ class EncoderStack(nn.Module):
     n = x.shape[1]
     bias = layers.RelativePositionBias(cfg, bidirectional=True, name="relative_bias")(jnp.arange(n), n)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, name="layers")(x, mask, bias)
+    x = layers.Stack(cfg, cfg.num_layers, deterministic=deterministic, lora=self.lora, name="layers")(x, mask, bias)
     x = layers.norm(cfg, "ln_final")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -33,6 +34,7 @@ class EncoderStack(nn.Module):
 class DecoderStack(nn.Module):
   cfg: ModelConfig
   decode: bool = False
+  lora: layers.Lora | None = None
 
   @nn.compact
   def __call__(self, x, self_mask, encoded, cross_mask, deterministic: bool):
@@ -49,7 +51,7 @@ class DecoderStack(nn.Module):
     bias = layers.RelativePositionBias(cfg, bidirectional=False, name="relative_bias")(q_positions, kv_len)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.Stack(cfg, cfg.decoder_layers, cross=True, decode=self.decode, deterministic=deterministic,
-                     causal=True, name="layers")(x, mask, bias, None, encoded, cross_mask, index)
+                     causal=True, lora=self.lora, name="layers")(x, mask, bias, None, encoded, cross_mask, index)
     x = layers.norm(cfg, "ln_final")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -66,6 +68,7 @@ class EncoderDecoder(nn.Module):
 
   cfg: ModelConfig
   decode: bool = False
+  lora: layers.Lora | None = None  # Low-rank adapters (training with train.lora_rank; see bigjax.lora).
 
   def setup(self):
     cfg = self.cfg
@@ -75,8 +78,8 @@ class EncoderDecoder(nn.Module):
       self.lm_head = layers.Dense((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                                   init_std=layers.kernel_std(cfg, cfg.d_model), dtype=cfg.dtype,
                                   param_dtype=cfg.param_dtype)
-    self.encoder = EncoderStack(cfg)
-    self.decoder = DecoderStack(cfg, self.decode)
+    self.encoder = EncoderStack(cfg, self.lora)
+    self.decoder = DecoderStack(cfg, self.decode, self.lora)
 
   def encode(self, input_ids, attention_mask=None, segment_ids=None, deterministic: bool = True):
     x = self.token_embed(input_ids)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
@@ -97,8 +98,23 @@ def norm(cfg: ModelConfig, name: str) -> Norm:
   return Norm(cfg.norm, cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, cfg.norm_plus_one, name=name)
 
 
+class Lora(NamedTuple):
+  """Low-rank adapters (Hu et al. 2021) on the Dense layers whose module path (e.g.
+  "decoder/block_0/attention/query") `targets` (a regular expression) finds: y = x W + (alpha / rank) ·
+  dropout(x) A B, A `[in..., rank]` initialised as torch's Linear (uniform ±1/sqrt(fan_in)), B `[rank, out...]`
+  zeros, so an adapted model starts equal to its base. See `bigjax.lora`."""
+  rank: int
+  alpha: float
+  targets: str
+  dropout: float = 0.0
+
+  def applies(self, path: tuple[str, ...]) -> bool:
+    return re.search(self.targets, "/".join(path)) is not None
+
+
 class Dense(nn.Module):
-  """y = x @ kernel (+ bias), with the kernel's axes named; contracts the last `len(in_names)` axes."""
+  """y = x @ kernel (+ bias), with the kernel's axes named; contracts the last `len(in_names)` axes; with a
+  `lora` whose targets name this layer's path, plus its low-rank adapter (`lora_a`, `lora_b`)."""
 
   features: tuple[int, ...]
   in_names: tuple[str, ...]
@@ -107,6 +123,8 @@ class Dense(nn.Module):
   init_std: float = 0.02
   dtype: str = "float32"
   param_dtype: str = "float32"
+  lora: Lora | None = None
+  deterministic: bool = True  # Only LoRA's dropout reads it.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -115,12 +133,24 @@ class Dense(nn.Module):
     kernel = self.param("kernel", param_init(normal(self.init_std), self.in_names + self.out_names),
                         in_shape + tuple(self.features), dtype_of(self.param_dtype))
     dt = dtype_of(self.dtype)
-    in_axes = tuple(range(x.ndim - n_in, x.ndim))
-    y = jax.lax.dot_general(x.astype(dt), kernel.astype(dt), ((in_axes, tuple(range(n_in))), ((), ())))
+    contract = lambda a, w, n: jax.lax.dot_general(a, w, ((tuple(range(a.ndim - n, a.ndim)), tuple(range(n))),
+                                                          ((), ())))
+    y = contract(x.astype(dt), kernel.astype(dt), n_in)
     if self.use_bias:
       bias = self.param("bias", param_init(nn.initializers.zeros, self.out_names), tuple(self.features),
                         dtype_of(self.param_dtype))
       y = y + bias.astype(dt)
+    if self.lora is not None and self.lora.applies(self.scope.path):
+      r = self.lora.rank
+      bound = math.prod(in_shape) ** -0.5
+      uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+      a = self.param("lora_a", param_init(uniform, self.in_names + ("lora_rank",)), in_shape + (r,),
+                     dtype_of(self.param_dtype))
+      b = self.param("lora_b", param_init(nn.initializers.zeros, ("lora_rank",) + self.out_names),
+                     (r,) + tuple(self.features), dtype_of(self.param_dtype))
+      h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic) if self.lora.dropout else x
+      h = contract(h.astype(dt), a.astype(dt), n_in)
+      y = y + contract(h, b.astype(dt), 1) * jnp.asarray(self.lora.alpha / r, dt)
     return y
 
 
@@ -372,13 +402,15 @@ class Attention(nn.Module):
   decode: bool = False
   cross: bool = False
   causal: bool = False  # Only the flash kernels read it: they take `Segments`, not a dense causal mask.
+  lora: Lora | None = None
 
   @nn.compact
   def __call__(self, x: Array, kv: Array, mask: Array | None, bias: Array | None = None,
                positions: Array | None = None, kv_positions: Array | None = None,
                cache_index: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.cfg
-    dense = functools.partial(Dense, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    dense = functools.partial(Dense, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                              lora=self.lora, deterministic=deterministic)
     hk = (cfg.num_heads, cfg.kv_dim)
     inner = cfg.num_heads * cfg.kv_dim
     t5 = cfg.family == "encoder_decoder"
@@ -438,11 +470,13 @@ class Mlp(nn.Module):
   """wo(act(wi x)), or wo(act(wi_0 x) * wi_1 x) when gated (SwiGLU, T5 v1.1's gated GELU)."""
 
   cfg: ModelConfig
+  lora: Lora | None = None
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     cfg = self.cfg
-    dense = functools.partial(Dense, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    dense = functools.partial(Dense, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                              lora=self.lora, deterministic=deterministic)
     act = ACTIVATIONS[cfg.activation]
     std = kernel_std(cfg, cfg.d_model)
     if cfg.gated_mlp:
@@ -492,6 +526,7 @@ class Block(nn.Module):
   decode: bool = False
   deterministic: bool = True
   causal: bool = False
+  lora: Lora | None = None
 
   @nn.compact
   def __call__(self, x, mask, bias, positions, encoded, cross_mask, cache_index):
@@ -503,14 +538,14 @@ class Block(nn.Module):
         return norm(cfg, f"ln_{name}")(x + drop(fn(x)))
       return x + drop(fn(norm(cfg, f"ln_{name}")(x)))
 
-    attn = Attention(cfg, decode=self.decode, causal=self.causal, name="attention")
+    attn = Attention(cfg, decode=self.decode, causal=self.causal, lora=self.lora, name="attention")
     x = sublayer("attention", lambda h: attn(h, h, mask, bias, positions, None, cache_index,
                                              self.deterministic), x)
     if self.cross:
-      cross = Attention(cfg, decode=self.decode, cross=True, name="cross_attention")
+      cross = Attention(cfg, decode=self.decode, cross=True, lora=self.lora, name="cross_attention")
       x = sublayer("cross_attention", lambda h: cross(h, encoded, cross_mask, None, None, None, None,
                                                       self.deterministic), x)
-    mlp = Mlp(cfg, name="mlp")
+    mlp = Mlp(cfg, lora=self.lora, name="mlp")
     x = sublayer("mlp", lambda h: mlp(h, self.deterministic), x)
     return constrain(x, BTE), None
 
@@ -532,6 +567,7 @@ class Stack(nn.Module):
   decode: bool = False
   deterministic: bool = True
   causal: bool = False  # Causal self-attention (decoders); the flash kernels need to be told.
+  lora: Lora | None = None  # Low-rank adapters on the blocks' projections that `lora.targets` names.
 
   @nn.compact
   def __call__(self, x, mask=None, bias=None, positions=None, encoded=None, cross_mask=None,
@@ -540,7 +576,8 @@ class Stack(nn.Module):
     block = Block
     if cfg.remat_policy != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-    kw = dict(cfg=cfg, cross=self.cross, decode=self.decode, deterministic=self.deterministic, causal=self.causal)
+    kw = dict(cfg=cfg, cross=self.cross, decode=self.decode, deterministic=self.deterministic, causal=self.causal,
+              lora=self.lora)
     args = (mask, bias, positions, encoded, cross_mask, cache_index)
     if cfg.scan_layers:
       # Cache entries keep rows as their leading axis (beam search reorders rows on axis 0): layers is axis 1.
