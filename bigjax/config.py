@@ -37,7 +37,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # "flash" is Pallas's flash-attention kernels (TPU; NVIDIA GPUs without T5's bias), which take packed
 # segment ids instead of a dense mask, for training and scoring (KV-cache decoding steps run "plain").
 ATTENTION = ("auto", "plain", "xla", "cudnn", "flash")
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 OPTIMIZERS = ("adamw", "adafactor", "sgd", "lion")
 # Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
 _FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
@@ -62,12 +62,19 @@ class ModelConfig:
   rope_theta: float = 10000.0  # Rotary base wavelength.
   # Rotary frequency scaling, as Hugging Face's rope_parameters: "default" (none), "linear" (every frequency
   # / rope_factor) or "llama3" (Llama 3.1: low frequencies / rope_factor, high ones kept, a smooth blend
-  # between, the bands set by rope_low/high_freq_factor and rope_original_max_len).
+  # between, the bands set by rope_low/high_freq_factor and rope_original_max_len) or "yarn" (below).
   rope_type: str = "default"
   rope_factor: float = 1.0
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_max_len: int = 8192
+  # "yarn" (Peng et al. 2023, as transformers computes it): frequencies blended between kept and / rope_factor
+  # over the dimensions whose rotations in rope_original_max_len fall between rope_beta_slow and
+  # rope_beta_fast; cos and sin times rope_attention_factor (0 = 0.1 ln(rope_factor) + 1).
+  rope_beta_fast: float = 32.0
+  rope_beta_slow: float = 1.0
+  rope_attention_factor: float = 0.0
+  rope_truncate: bool = True
   # Decoder options of today's open models (model.family='decoder'):
   sliding_window: int = 0  # Mistral: a query sees the last `sliding_window` positions only (itself included); 0 = all.
   qkv_bias: bool = False  # Qwen2: biases on the query/key/value projections (use_bias=True has them anyway).
@@ -116,6 +123,11 @@ class ModelConfig:
       raise ConfigError(f"model.rope_type='llama3' needs 0 < model.rope_low_freq_factor "
                         f"({self.rope_low_freq_factor}) < model.rope_high_freq_factor ({self.rope_high_freq_factor}) "
                         f"and model.rope_original_max_len > 0 ({self.rope_original_max_len})")
+    if self.rope_type == "yarn" and not (self.rope_beta_fast > self.rope_beta_slow > 0 and self.rope_original_max_len > 0
+                                         and self.rope_attention_factor >= 0):
+      raise ConfigError(f"model.rope_type='yarn' needs model.rope_beta_fast ({self.rope_beta_fast}) > "
+                        f"model.rope_beta_slow ({self.rope_beta_slow}) > 0, model.rope_original_max_len > 0 and "
+                        f"model.rope_attention_factor >= 0")
     _choice(f"model.positions (for model.family={self.family!r})", self.positions,
             _FAMILY_POSITIONS[self.family])
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):

@@ -26,7 +26,7 @@ def test_defaults_and_quickstart_validate():
     ("mesh.shape", (-1, -1, 1), r"mesh.shape=\(-1, -1, 1\)"),
     ("model.preset", "gpt5", r"model.preset='gpt5' is not a preset; known: gpt2_small"),
     ("optim.end_lr_ratio", 2.0, r"optim.end_lr_ratio=2.0"),
-    ("model.rope_type", "yarn", r"model.rope_type='yarn': allowed values are 'default', 'linear', 'llama3'"),
+    ("model.rope_type", "dynamic", r"model.rope_type='dynamic': allowed values are 'default', 'linear', 'llama3', 'yarn'"),
     ("model.rope_type", "linear", r"model.rope_type='linear' scales rotary positions; model.positions is 'learned'"),
     ("model.num_kv_heads", 3, r"model.num_kv_heads=3 must divide model.num_heads=4"),
 ])

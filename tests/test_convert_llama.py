@@ -191,6 +191,12 @@ def test_grouped_query_heads_shard_over_tensor_or_are_replicated_with_a_line():
     # kept, above 32 divided by the factor, between them blended; all three kinds occur within 20 tokens.
     {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 32},
+    # YaRN over head_dim 16: dimensions 0-2 kept, 3-5 blended, 6-7 divided (correction range 2..6 from an
+    # original context of 4096), cos/sin times 0.1 ln 4 + 1; then untruncated bounds and DeepSeek's mscale pair.
+    {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 4096,
+     "beta_fast": 32.0, "beta_slow": 1.0},
+    {"rope_type": "yarn", "rope_theta": 500.0, "factor": 8.0, "original_max_position_embeddings": 2048,
+     "beta_fast": 16.0, "beta_slow": 2.0, "truncate": False, "mscale": 1.0, "mscale_all_dim": 0.5},
 ])
 def test_scaled_rope_matches_and_round_trips(tmp_path, rope):
   model = make_hf(tmp_path / "hf", rope_parameters=rope)
@@ -199,12 +205,18 @@ def test_scaled_rope_matches_and_round_trips(tmp_path, rope):
   if rope["rope_type"] == "llama3":
     wavelen = 2 * np.pi / np.asarray(layers.rope_inv_freq(dataclasses.replace(cfg, rope_type="default"), 16))
     assert (wavelen < 8).any() and ((wavelen >= 8) & (wavelen <= 32)).any() and (wavelen > 32).any()
+  if rope["rope_type"] == "yarn":  # Kept, divided by the factor, and blended frequencies all occur.
+    ratio = np.asarray(layers.rope_inv_freq(cfg, 16)) / np.asarray(
+        layers.rope_inv_freq(dataclasses.replace(cfg, rope_type="default"), 16))
+    f = rope["factor"]
+    assert np.isclose(ratio, 1).any() and np.isclose(ratio, 1 / f).any() and ((ratio < 0.99) & (ratio > 1.01 / f)).any()
   check_parity(tmp_path, model, cfg, params)
   ids, mask = batch(cfg.vocab_size)
   unscaled = bigjax_logits(dataclasses.replace(cfg, rope_type="default"), params, ids, mask)
-  assert np.abs(unscaled - hf_logits(model, ids, mask))[mask.astype(bool)].max() > 1e-3  # The scaling shows.
+  assert np.abs(unscaled - hf_logits(model, ids, mask))[mask.astype(bool)].max() > 5e-4  # The scaling shows (5x the bound).
   back = json.loads((tmp_path / "back" / "config.json").read_text())["rope_parameters"]
-  assert {k: back[k] for k in rope} == rope
+  mscales = ("mscale", "mscale_all_dim")  # Written back as the attention factor they make.
+  assert {k: back[k] for k in rope if k not in mscales} == {k: v for k, v in rope.items() if k not in mscales}
   ids = np.random.default_rng(1).integers(0, 97, (2, 12))
   np.testing.assert_allclose(cached_logits(cfg, params, ids, prefill=5), bigjax_logits(cfg, params, ids), atol=1e-4)
 
@@ -215,8 +227,9 @@ def hf_dict(**kw):
 
 @pytest.mark.parametrize("kw, error", [
     (dict(num_key_value_heads=2), r"num_key_value_heads=2 does not divide num_attention_heads=3"),
-    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0,
-                           "original_max_position_embeddings": 32}), r"rope_type='yarn' is not supported"),
+    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8,
+                           "long_factor": [2.0] * 8, "original_max_position_embeddings": 32}),
+     r"rope_type='longrope' is not supported"),
     (dict(attention_bias=True, mlp_bias=False), r"attention_bias=True with mlp_bias=False"),
     (dict(hidden_act="tanh"), r"hidden_act='tanh' is not supported"),
 ])

@@ -11,13 +11,14 @@ two norms a layer) and differ in a few switches, each a ModelConfig field:
   gemma    norms that multiply by 1 + w (`norm_plus_one`), embeddings times sqrt(d_model) (`embed_scale`),
            tanh-GELU gate, head_dim independent of d_model, tied output
 q_proj/k_proj rows are stored in the rotate-half layout that `bigjax.models.layers.rotary` uses, so they
-load as they are (no permutation). Refused by name: other RoPE scalings ("dynamic", "yarn", ...), partial
+load as they are (no permutation). Refused by name: other RoPE scalings ("dynamic", "longrope", ...), partial
 rotary, windows on some layers only (Qwen's max_window_layers), biases in attention but not in the MLP or
 the reverse (Llama, Qwen3, Gemma's attention_bias), and any model_type not above.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -33,15 +34,17 @@ _ATTENTION = (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"), ("out
 _MLP = (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj"))
 
 
-_ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 def _rope(hf: dict[str, Any]) -> dict[str, Any]:
   """ModelConfig's rotary fields from `rope_parameters` (transformers >= 5) or top-level `rope_theta` and
-  `rope_scaling` (older configs): the base, and "linear" or "llama3" (Llama 3.1) frequency scaling.
+  `rope_scaling` (older configs): the base, and "linear", "llama3" (Llama 3.1) or "yarn" (Qwen2.5's long
+  context, as transformers computes it: a missing factor is max_position_embeddings / the original, the
+  attention factor from mscale / mscale_all_dim when both are given).
 
-  Other scalings ("dynamic", "yarn", "longrope", ...) change the angles in ways bigjax's rotary does not
-  compute, so they are refused rather than loaded into a model that would differ.
+  Other scalings ("dynamic", "longrope", ...) change the angles in ways bigjax's rotary does not compute,
+  so they are refused rather than loaded into a model that would differ.
   """
   rope = hf.get("rope_parameters") or {}
   out = {"rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))}
@@ -53,13 +56,23 @@ def _rope(hf: dict[str, Any]) -> dict[str, Any]:
       raise ConfigError(f"Llama rope_type={kind!r} is not supported; supported: {', '.join(_ROPE_TYPES)}")
     if source.get("partial_rotary_factor", 1.0) != 1.0:
       raise ConfigError(f"Llama partial_rotary_factor={source['partial_rotary_factor']} is not supported")
-    if kind != "default":
+    original = int(source.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 8192))
+    if kind == "yarn":
+      factor = float(source.get("factor") or hf.get("max_position_embeddings", original) / original)
+      attention = source.get("attention_factor")
+      mscale, mscale_all = source.get("mscale"), source.get("mscale_all_dim")
+      if attention is None and mscale and mscale_all:
+        m = lambda scale: 1.0 if factor <= 1 else 0.1 * scale * math.log(factor) + 1.0
+        attention = m(mscale) / m(mscale_all)
+      out.update(rope_type="yarn", rope_factor=factor, rope_original_max_len=original,
+                 rope_beta_fast=float(source.get("beta_fast") or 32), rope_beta_slow=float(source.get("beta_slow") or 1),
+                 rope_attention_factor=float(attention or 0.0), rope_truncate=bool(source.get("truncate", True)))
+    elif kind != "default":
       out.update(rope_type=kind, rope_factor=float(source["factor"]))
     if kind == "llama3":
       out.update(rope_low_freq_factor=float(source["low_freq_factor"]),
                  rope_high_freq_factor=float(source["high_freq_factor"]),
-                 rope_original_max_len=int(source.get("original_max_position_embeddings",
-                                                      hf.get("max_position_embeddings", 8192))))
+                 rope_original_max_len=original)
   return out
 
 
@@ -71,6 +84,11 @@ def _hf_rope(cfg: ModelConfig) -> dict[str, Any]:
   if cfg.rope_type == "llama3":
     out.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
                original_max_position_embeddings=cfg.rope_original_max_len)
+  if cfg.rope_type == "yarn":
+    out.update(original_max_position_embeddings=cfg.rope_original_max_len, beta_fast=cfg.rope_beta_fast,
+               beta_slow=cfg.rope_beta_slow, truncate=cfg.rope_truncate)
+    if cfg.rope_attention_factor:
+      out["attention_factor"] = cfg.rope_attention_factor
   return out
 
 

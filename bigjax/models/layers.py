@@ -209,7 +209,27 @@ def rope_inv_freq(cfg: ModelConfig, dim: int) -> Array:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelen < old / high) & ~(wavelen > old / low)
     return jnp.where(medium, smoothed, scaled)
+  if cfg.rope_type == "yarn":
+    def dim_of(rotations):  # The dimension that turns `rotations` times over the original context.
+      return dim * math.log(cfg.rope_original_max_len / (rotations * 2 * math.pi)) / (2 * math.log(cfg.rope_theta))
+    low, high = dim_of(cfg.rope_beta_fast), dim_of(cfg.rope_beta_slow)
+    if cfg.rope_truncate:
+      low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = jnp.clip((jnp.arange(dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # 1: extrapolate (the frequency kept); 0: interpolate (divided by the factor).
+    return inv_freq / cfg.rope_factor * (1 - keep) + inv_freq * keep
   return inv_freq
+
+
+def rope_attention_factor(cfg: ModelConfig) -> float:
+  """What cos and sin are multiplied by: yarn's attention factor, else 1."""
+  if cfg.rope_type != "yarn":
+    return 1.0
+  if cfg.rope_attention_factor:
+    return cfg.rope_attention_factor
+  return 0.1 * math.log(cfg.rope_factor) + 1.0 if cfg.rope_factor > 1 else 1.0
 
 
 def rotary(x: Array, positions: Array, cfg: ModelConfig) -> Array:
@@ -222,6 +242,9 @@ def rotary(x: Array, positions: Array, cfg: ModelConfig) -> Array:
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, dim/2]
   angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if cfg.rope_type == "yarn":
+    factor = rope_attention_factor(cfg)
+    cos, sin = cos * factor, sin * factor
   xf = x.astype(jnp.float32)
   x1, x2 = jnp.split(xf, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], -1)
