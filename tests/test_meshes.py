@@ -24,7 +24,7 @@ MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 FAMILY_MESHES = {"decoder": MESHES, "encoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
                  "encoder_decoder": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
                  # 2 key/value heads: sharded over tensor 2, replicated over tensor 4 (partitioning.fit_kv_heads).
-                 "open_models": [(1, 1, 1), (2, 2, 2), (1, 2, 4)],
+                 "open_models": MESHES,
                  "adafactor": [(1, 1, 1), (2, 2, 2), (1, 2, 4)]}
 STEPS = 5
 
