@@ -223,8 +223,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2_medium": dict(_GPT2, d_model=1024, num_layers=24, num_heads=16, d_ff=4096),
     "gpt2_large": dict(_GPT2, d_model=1280, num_layers=36, num_heads=20, d_ff=5120),
     "gpt2_xl": dict(_GPT2, d_model=1600, num_layers=48, num_heads=25, d_ff=6400),
-    # Llama 2 (Touvron et al. 2023), Llama 3.1 / 3.2 (Meta 2024: grouped-query heads, Llama 3.1's RoPE bands).
+    # Llama 2 (Touvron et al. 2023), Llama 3 / 3.1 / 3.2 (Meta 2024: grouped-query heads, Llama 3.1's RoPE bands).
     "llama2_7b": _decoder(_LLAMA, 32, 4096, 32, 0, 11008, vocab_size=32000, max_len=4096),
+    "llama3_8b": _decoder(_LLAMA3, 32, 4096, 32, 8, 14336, rope_type="default", max_len=8192),
     "llama3_2_1b": _decoder(_LLAMA3, 16, 2048, 32, 8, 8192, rope_factor=32.0, tie_embeddings=True),
     "llama3_2_3b": _decoder(_LLAMA3, 28, 3072, 24, 8, 8192, rope_factor=32.0, tie_embeddings=True),
     "llama3_1_8b": _decoder(_LLAMA3, 32, 4096, 32, 8, 14336, rope_factor=8.0),

@@ -1,4 +1,4 @@
-"""Mistral, Qwen2, Qwen3 and Gemma parity: random-weight transformers models of several shapes (odd head
+"""Llama 3, Mistral, Qwen2, Qwen3 and Gemma parity: random-weight transformers models of several shapes (odd head
 counts, grouped and multi-query heads, head_dim x heads != d_model, tied and untied, norms perturbed away
 from their init) → bigjax: logits on a right-padded batch in the plain and XLA attention paths, the KV cache,
 to_hf → transformers exactly, greedy and beam search against `generate`, a sliding window that changes the
@@ -26,11 +26,17 @@ from bigjax.convert import llama  # noqa: E402
 
 BASE = dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, vocab_size=97, max_position_embeddings=64)
 LENGTH = 20
-CLASSES = {"mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+CLASSES = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
            "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM)}
 CASES = {
+    # Llama 3.2's layout: tied, 6 heads over 2, Llama 3.1's RoPE bands inside 20 tokens.
+    "llama3-gqa-tied": ("llama", dict(num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True,
+                                      rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0,
+                                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                       "original_max_position_embeddings": 32})),
     # A window of 6 over 20 tokens; 6 heads over 2 key/value heads of width 12 (72 != 48); untied.
     "mistral-window": ("mistral", dict(num_attention_heads=6, num_key_value_heads=2, head_dim=12, sliding_window=6)),
     "mistral-mqa-tied": ("mistral", dict(num_attention_heads=3, num_key_value_heads=1, sliding_window=None,
@@ -109,7 +115,7 @@ def cached_logits(cfg, params, ids, prefill):
 
 def test_logits_match_cache_and_round_trip(case, tmp_path):
   name, kind, model, cfg, params, _ = case
-  expect = {"mistral": dict(sliding_window=getattr(model.config, "sliding_window", 0) or 0),
+  expect = {"llama": dict(rope_type="llama3"), "mistral": dict(sliding_window=getattr(model.config, "sliding_window", 0) or 0),
             "qwen2": dict(qkv_bias=True, sliding_window=5 if "window" in name else 0), "qwen3": dict(qk_norm=True),
             "gemma": dict(norm_plus_one=True, embed_scale=True)}[kind]
   assert {k: getattr(cfg, k) for k in expect} == expect, cfg
@@ -142,7 +148,7 @@ def test_logits_match_cache_and_round_trip(case, tmp_path):
   np.testing.assert_array_equal(hf_logits(again, ids, mask)[real], want[real])
 
 
-@pytest.mark.parametrize("name", ["mistral-window", "qwen2-9-heads-tied", "qwen3-gqa", "gemma-mqa"])
+@pytest.mark.parametrize("name", ["llama3-gqa-tied", "mistral-window", "qwen2-9-heads-tied", "qwen3-gqa", "gemma-mqa"])
 def test_greedy_and_beam_search_equal_generate(name, tmp_path):
   kind, kw = CASES[name]
   model = make_hf(tmp_path / "hf", kind, kw, seed=1)
@@ -202,7 +208,7 @@ def test_packed_rows_scan_and_remat(name, tmp_path):
     np.testing.assert_allclose(ours(dataclasses.replace(cfg, **changes), p, packed), want, atol=1e-5)
 
 
-PRESETS = {"llama2_7b": 6_738_415_616, "llama3_2_1b": 1_235_814_400, "llama3_2_3b": 3_212_749_824,
+PRESETS = {"llama2_7b": 6_738_415_616, "llama3_8b": 8_030_261_248, "llama3_2_1b": 1_235_814_400, "llama3_2_3b": 3_212_749_824,
            "llama3_1_8b": 8_030_261_248, "llama3_1_70b": 70_553_706_496, "mistral_7b": 7_241_732_096,
            "qwen2_5_0_5b": 494_032_768, "qwen2_5_7b": 7_615_616_512, "qwen3_0_6b": 596_049_920,
            "qwen3_8b": 8_190_735_360, "gemma_2b": 2_506_172_416, "gemma_7b": 8_537_680_896}

@@ -163,3 +163,20 @@ def test_bad_lora_settings_are_named(run, tmp_path):
   with pytest.raises(ConfigError, match=r"train.lora_rank=-1: must be an integer >= 0"):
     config_lib.validate(lora_config(str(root), str(root / "hf"), **{"train.lora_rank": -1}))
   assert not os.path.exists(tmp_path / "a" / "config.json")
+
+
+def test_lora_from_a_workdir_resumes_bit_exactly(run, tmp_path):
+  """init_from a `bigjax convert` workdir; stopped at step 3 and resumed, the run ends with the params (adapters
+  and frozen weights) of one that never stopped."""
+  root, _, _ = run
+  converted = str(tmp_path / "converted")
+  convert.to_workdir(*convert.from_hf(str(root / "hf")), converted, str(root / "hf"))
+  cfg = lambda steps: lora_config(str(root), converted, **{"train.steps": steps, "optim.decay_steps": 6,
+                                                           "train.eval_every": 3, "train.checkpoint_every": 3,
+                                                           "train.lora_dropout": 0.1})
+  train.train(cfg(6), str(tmp_path / "straight"))
+  train.train(cfg(3), str(tmp_path / "resumed"))
+  train.train(cfg(6), str(tmp_path / "resumed"))
+  a, b = flat(raw_params(str(tmp_path / "straight"), 6)), flat(raw_params(str(tmp_path / "resumed"), 6))
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  assert not np.array_equal(a["decoder/block_0/attention/query/lora_b"], 0)
