@@ -48,6 +48,13 @@
       v5e-N, v5litepod-N (16 GiB) and v6e-N (32 GiB) count chips; NxA100 (40 GiB), NxA100-80GB,
       NxH100 (80 GiB) count GPUs.
 
+  bigjax export --workdir DIR --format stablehlo|saved_model|hf --out NEW_DIR [--platforms cpu,cuda,tpu]
+      The workdir's latest model (LoRA adapters merged) for use without bigjax: stablehlo is jax.export's
+      serialized scoring function (logits for ids and masks, any batch and length) with params.npz, reloaded
+      by jax.export.deserialize; saved_model is a TensorFlow SavedModel whose serving_default signature
+      takes input_ids and attention_mask (encoder-decoders: and decoder_input_ids, decoder_attention_mask);
+      hf is convert --to_hf. NEW_DIR must be new or empty; export.json there says what was written.
+
   bigjax tokenizer train --input SOURCE --vocab_size N [--model_type unigram|bpe]
          [--text_key FIELD] [--special_pieces none|bert|t5|all] --out FILE
       Trains a SentencePiece model on a source (pydoc_prose, stdlib_code, a path/glob of text, JSONL
@@ -80,6 +87,7 @@ COMMANDS = {
     "baselines": "baselines of a config's task on its eval split: --config FILE --workdir DIR [--max_examples N]",
     "plan": "per-device memory of a config on a mesh, before allocating: --config FILE [--mesh d,f,t] "
             "[--topology NAME | --devices N --device_memory SIZE]",
+    "export": "a workdir's model for use without bigjax: --workdir DIR --format stablehlo|saved_model|hf --out NEW_DIR",
     "tokenizer": "tokenizer train: train a SentencePiece model (--input, --vocab_size, --model_type, --out)",
 }
 
@@ -97,7 +105,8 @@ _TEXT_KEY = flags.DEFINE_string("text_key", "text", "tokenizer train: the text f
                                 "or the text feature of a tfds: source.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8192, "tokenizer train: vocabulary size.")
 _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "tokenizer train: algorithm.")
-_OUT = flags.DEFINE_string("out", None, "tokenizer train: where to write the .model file.")
+_OUT = flags.DEFINE_string("out", None, "tokenizer train: where to write the .model file; export: the new "
+                           "directory to write (it must not exist or be empty).")
 _MAX_SENTENCES = flags.DEFINE_integer("max_sentences", 2_000_000, "tokenizer train: lines sampled for training.")
 _SPECIAL_PIECES = flags.DEFINE_enum("special_pieces", "none", ["none", "bert", "t5", "all"],
                                     "tokenizer train: pieces for objectives: bert = [CLS] [SEP] [MASK], "
@@ -115,6 +124,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "plan: a TPU slice or GPU host
                                 "chips), NxA100, NxA100-80GB, NxH100 (N GPUs).")
 _COMPILE = flags.DEFINE_boolean("compile", True, "plan: on this machine's devices, also compile the train step "
                                 "on abstract inputs and print XLA's memory_analysis() beside the estimate.")
+_FORMAT = flags.DEFINE_string("format", None, "export: stablehlo (jax.export + params.npz), saved_model (TensorFlow, "
+                               "serving_default) or hf (transformers).")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "export: platforms the StableHLO is lowered for.")
 _HF = flags.DEFINE_string("hf", None, "decode: a Hugging Face model directory to decode with (instead of --workdir).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "decode: prompt text (repeat for a batch).")
 _PROMPT_IDS = flags.DEFINE_multi_string("prompt_ids", [], "decode: prompt as comma-separated token ids.")
@@ -161,6 +173,7 @@ _COMMAND_FLAGS = {
              "fewshot", "fewshot_k", "fewshot_keys"),
     "baselines": ("config", "workdir", "max_examples"),
     "plan": ("config", "mesh", "devices", "device_memory", "topology", "compile"),
+    "export": ("workdir", "format", "out", "platforms"),
     "tokenizer": ("input", "split", "text_key", "vocab_size", "model_type", "special_pieces", "out",
                   "max_sentences"),
 }
@@ -263,6 +276,17 @@ def _convert(args: list[str]) -> None:
     cfg, params = convert.from_workdir(_WORKDIR.value)
     convert.to_hf(cfg, params, _TO_HF.value)
     print(f"bigjax: wrote {_TO_HF.value} ({cfg.family}, {_count(params):,} params) from {_WORKDIR.value}")
+
+
+def _export(args: list[str]) -> None:
+  if args:
+    fail(f"unexpected arguments {args}; usage: bigjax export --workdir DIR --format FORMAT --out NEW_DIR")
+  from bigjax import export  # pylint: disable=g-import-not-at-top
+  if not _WORKDIR.value or not _FORMAT.value or not _OUT.value:
+    fail(f"export needs --workdir DIR, --format ({'|'.join(export.FORMATS)}) and --out NEW_DIR")
+  record = export.export(_WORKDIR.value, _FORMAT.value, _OUT.value, platforms=tuple(_PLATFORMS.value))
+  print(f"bigjax: exported {_WORKDIR.value} (step {record['step']}, {record['family']}) as {record['format']} into "
+        f"{_OUT.value}: inputs {', '.join(record['inputs'])} → {record['output']}")
 
 
 def _count(params) -> int:
@@ -397,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (bigjax --help)")
   try:
     {"train": _train, "convert": _convert, "decode": _decode, "eval": _eval, "baselines": _baselines, "plan": _plan,
-     "tokenizer": _tokenizer}[command](args)
+     "export": _export, "tokenizer": _tokenizer}[command](args)
   except ConfigError as e:
     fail(str(e))
   except KeyboardInterrupt:
