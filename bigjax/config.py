@@ -442,6 +442,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.lora_alpha = 16.0  # The adapter's output is scaled by lora_alpha / lora_rank.
   c.train.lora_targets = "attention/(query|value)$"  # Hu et al.'s W_q and W_v; e.g. "attention|mlp" for all.
   c.train.lora_dropout = 0.0  # Dropout on the adapter's input (the base path is not dropped).
+  # Pruning (bigjax.prune): "none", "magnitude" (unstructured, to prune_sparsity by Zhu & Gupta's schedule
+  # from prune_start to prune_end; prune_scope "global" or "layer") or "n:m" (prune_n_m, e.g. "2:4"). The
+  # masks are optimizer state; pruned weights stay exactly zero. prune_end 0 = train.steps of the first run.
+  c.train.prune = "none"
+  c.train.prune_sparsity = 0.5
+  c.train.prune_scope = "global"
+  c.train.prune_n_m = "2:4"
+  c.train.prune_start = 0
+  c.train.prune_end = 0
+  c.train.prune_every = 10
+  c.train.prune_targets = r"(attention|mlp)/[^/]+/kernel$"  # Flat param names; embeddings/norms/biases kept.
   c.train.num_samples = 2  # Texts sampled at each eval into samples.txt (0 = none).
   c.train.sample_len = 64  # Tokens sampled after each prompt.
   c.train.sample_temperature = 0.8
@@ -516,6 +527,8 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   if config.train.num_samples < 0 or config.train.sample_len < 0:
     raise ConfigError("train.num_samples and train.sample_len must be >= 0")
   _check_lora(config.train)
+  from bigjax import prune  # pylint: disable=g-import-not-at-top
+  prune.spec(config)  # Names a bad train.prune* setting.
   if config.optim.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate={config.optim.learning_rate}: must be > 0")
   if config.optim.warmup_steps < 0:

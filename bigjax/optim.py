@@ -160,4 +160,7 @@ def make(config) -> optax.GradientTransformation:
         multiply_by_parameter_scale=o.get("adafactor_parameter_scale", True),
         clipping_threshold=o.get("adafactor_clipping", 1.0) or None, weight_decay_rate=wd or None,
         weight_decay_mask=decay_mask if wd else None), min_dim))
-  return optax.chain(*parts)
+  from bigjax import prune  # pylint: disable=g-import-not-at-top
+  pruning = prune.spec(config)
+  tx = optax.chain(*parts)
+  return prune.transformation(tx, pruning) if pruning is not None else tx

@@ -129,7 +129,8 @@ def split_microbatches(batch, k: int):
   return jax.tree_util.tree_map(split, batch)
 
 
-def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, on_nonfinite: str = "error"):
+def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, on_nonfinite: str = "error",
+                    sparsity=None):
   """One optimizer step on a batch. The loss is the mean cross-entropy over the batch's weighted tokens;
   with `grad_accum_steps = k` the batch runs as k microbatches whose gradients are summed, each
   microbatch's loss divided by the whole batch's token count, so the update is the whole batch's (up to
@@ -142,7 +143,8 @@ def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, 
   non-finite error suggests — and it looks at the gradients only, not at the loss.
 
   With LoRA (`module.lora`) the gradients are the adapters' only: the frozen weights enter the loss as
-  constants and leave the step as they came (bitwise)."""
+  constants and leave the step as they came (bitwise). `sparsity` (params -> scalar; pruning) adds
+  `metrics["sparsity"]`."""
   lora_on = getattr(module, "lora", None) is not None
 
   def train_step(state: TrainState, batch):
@@ -178,6 +180,8 @@ def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, 
       params, opt_state = optax.tree.where(finite, (params, opt_state), (state.params, state.opt_state))
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                "nonfinite": (~finite).astype(jnp.int32)}
+    if sparsity is not None:
+      metrics["sparsity"] = sparsity(params)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

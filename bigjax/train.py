@@ -29,6 +29,7 @@ from bigjax import lora as lora_lib
 from bigjax import models
 from bigjax import optim
 from bigjax import partitioning
+from bigjax import prune as prune_lib
 from bigjax import steps
 from bigjax import throughput
 from bigjax import workdir as workdir_lib
@@ -101,6 +102,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   root = workdir_lib.path(workdir)
   saved = workdir_lib.read_config(root)
   config.optim.decay_steps = config_lib.resolve_decay_steps(config, saved)  # Pinned from the first run on.
+  if config.train.prune != "none" and not config.train.prune_end:  # Pinned too: the first run's train.steps.
+    config.train.prune_end = int((saved or {}).get("train", {}).get("prune_end") or config.train.steps)
   workdir_lib.check_pinned(root, config, saved)
   workdir_lib.check_writable(root)
 
@@ -243,7 +246,7 @@ def compile_steps(run: Run, state: steps.TrainState) -> Compiled:
     t0 = time.time()
     step_fn = jax.jit(steps.make_train_step(run.abstract.module, run.abstract.tx, optim.schedule(config),
                                             config.train.seed, config.train.grad_accum_steps,
-                                            config.train.on_nonfinite),
+                                            config.train.on_nonfinite, sparsity=_sparsity_fn(config)),
                       in_shardings=(sh, partitioning.batch_sharding(mesh)),
                       out_shardings=(sh, partitioning.replicated(mesh)), donate_argnums=0)
     step_fn = step_fn.lower(state, partitioning.global_batch(data.train.example_batch(), mesh)).compile()
@@ -252,6 +255,11 @@ def compile_steps(run: Run, state: steps.TrainState) -> Compiled:
     evaluator.compile(state.params)
     log(f"bigjax: compiled train and eval steps in {time.time() - t0:.1f}s")
   return Compiled(step_fn, evaluator, jax.jit(steps.all_finite))
+
+
+def _sparsity_fn(config):
+  pruning = prune_lib.spec(config)
+  return None if pruning is None else (lambda params: prune_lib.sparsity(params, pruning))
 
 
 # ------------------------------------------------------------------------------------------ loop
@@ -369,12 +377,15 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
                     "grad_norm": float(metrics["grad_norm"]), **speed}
       if watch.skipped:
         last_train["skipped_steps"] = watch.skipped
+      if "sparsity" in metrics:
+        last_train["sparsity"] = float(metrics["sparsity"])
       writer.write(step, "train", last_train)
       eta = (total - step) * dt / window_steps
       log(f"train step {step}/{total}: loss {last_train['loss']:.4f} lr {last_train['learning_rate']:.2e} "
           f"grad_norm {last_train['grad_norm']:.3f} | {speed['tokens_per_s']:,.0f} tok/s "
           f"{1000 * speed['step_time_s']:.0f} ms/step {speed['tflops_per_device']:.3g} TFLOP/s/device "
           f"MFU {100 * speed['mfu']:.3g}% | "
+          + (f"sparsity {last_train['sparsity']:.4f} | " if "sparsity" in last_train else "") +
           f"elapsed {_fmt_time(time.time() - run_t0)} left {_fmt_time(eta)}")
       window_t, window_steps = time.time(), 0
     evaluated = None

@@ -34,7 +34,9 @@ METRICS = "metrics.jsonl"
 PINNED = ("model", "data.tokenizer", "data.source", "data.text_key", "data.target_key", "data.labels",
           "data.objective", "data.seq_len", "data.target_len", "data.pack", "data.batch_size", "train.seed",
           "optim.decay_steps", "optim.name",  # The optimizer's state has its shape in the checkpoints.
-          "train.lora_rank", "train.lora_alpha", "train.lora_targets")  # So do the adapters, and their merge.
+          "train.lora_rank", "train.lora_alpha", "train.lora_targets",  # So do the adapters, and their merge.
+          "train.prune", "train.prune_sparsity", "train.prune_scope", "train.prune_n_m", "train.prune_start",
+          "train.prune_end", "train.prune_every", "train.prune_targets")  # And the masks and their schedule.
 
 
 def log(msg: str) -> None:
