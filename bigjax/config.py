@@ -445,6 +445,12 @@ def default_config() -> ml_collections.ConfigDict:
   # Pruning (bigjax.prune): "none", "magnitude" (unstructured, to prune_sparsity by Zhu & Gupta's schedule
   # from prune_start to prune_end; prune_scope "global" or "layer") or "n:m" (prune_n_m, e.g. "2:4"). The
   # masks are optimizer state; pruned weights stay exactly zero. prune_end 0 = train.steps of the first run.
+  # Distillation (bigjax.distill): a workdir or Hugging Face directory of the same family and vocabulary;
+  # loss = distill_alpha * T^2 * KL(teacher_T || student_T) + (1 - distill_alpha) * cross-entropy.
+  c.train.teacher = ""
+  c.train.distill_alpha = 0.5
+  c.train.distill_temperature = 2.0
+  c.train.teacher_dtype = ""  # "" = the teacher's own; "bfloat16" halves its memory.
   c.train.prune = "none"
   c.train.prune_sparsity = 0.5
   c.train.prune_scope = "global"

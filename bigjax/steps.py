@@ -130,7 +130,7 @@ def split_microbatches(batch, k: int):
 
 
 def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, on_nonfinite: str = "error",
-                    sparsity=None):
+                    sparsity=None, teacher=None):
   """One optimizer step on a batch. The loss is the mean cross-entropy over the batch's weighted tokens;
   with `grad_accum_steps = k` the batch runs as k microbatches whose gradients are summed, each
   microbatch's loss divided by the whole batch's token count, so the update is the whole batch's (up to
@@ -144,10 +144,12 @@ def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, 
 
   With LoRA (`module.lora`) the gradients are the adapters' only: the frozen weights enter the loss as
   constants and leave the step as they came (bitwise). `sparsity` (params -> scalar; pruning) adds
-  `metrics["sparsity"]`."""
+  `metrics["sparsity"]`. With a `teacher` (`bigjax.distill.Teacher`: its module, alpha and temperature
+  are read here) the step is `(state, batch, teacher_params)` and its loss is distillation's (see
+  bigjax.distill), `metrics["xent"]` and `metrics["kl"]` its parts."""
   lora_on = getattr(module, "lora", None) is not None
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, teacher_params=None):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
     count = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
     if lora_on:
@@ -158,19 +160,28 @@ def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, 
       train_params, whole = state.params, lambda p: p
 
     def loss_fn(params, b, r):
-      total, _ = weighted_xent(logits(module, whole(params), b, deterministic=False, rngs={"dropout": r}),
-                               b["targets"], b["weights"])
-      return total / count
+      out = logits(module, whole(params), b, deterministic=False, rngs={"dropout": r})
+      if teacher is None:
+        total, _ = weighted_xent(out, b["targets"], b["weights"])
+        return total / count, {}
+      from bigjax import distill  # pylint: disable=g-import-not-at-top
+      soft = logits(teacher.module, teacher_params, b, deterministic=True)
+      kl, xent = distill.kl_and_xent(out, soft, b["targets"], b["weights"], teacher.temperature)
+      kl, xent = kl / count, xent / count
+      loss = teacher.alpha * teacher.temperature ** 2 * kl + (1 - teacher.alpha) * xent
+      return loss, {"xent": xent, "kl": kl}
 
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
-      loss, grads = jax.value_and_grad(loss_fn)(train_params, batch, rng)
+      (loss, parts), grads = grad_fn(train_params, batch, rng)
     else:
       def micro(carry, xs):
         i, b = xs
-        l, g = jax.value_and_grad(loss_fn)(train_params, b, jax.random.fold_in(rng, i))
-        return jax.tree_util.tree_map(jnp.add, carry, (l, g)), None
-      zeros = (jnp.zeros([], jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, train_params))
-      (loss, grads), _ = jax.lax.scan(
+        (l, p), g = grad_fn(train_params, b, jax.random.fold_in(rng, i))
+        return jax.tree_util.tree_map(jnp.add, carry, (l, p, g)), None
+      zero_parts = {} if teacher is None else {"xent": jnp.zeros([], jnp.float32), "kl": jnp.zeros([], jnp.float32)}
+      zeros = (jnp.zeros([], jnp.float32), zero_parts, jax.tree_util.tree_map(jnp.zeros_like, train_params))
+      (loss, parts, grads), _ = jax.lax.scan(
           micro, zeros, (jnp.arange(grad_accum_steps), split_microbatches(batch, grad_accum_steps)))
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, train_params)
@@ -182,6 +193,7 @@ def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, 
                "nonfinite": (~finite).astype(jnp.int32)}
     if sparsity is not None:
       metrics["sparsity"] = sparsity(params)
+    metrics.update(parts)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

@@ -25,6 +25,7 @@ import numpy as np
 from bigjax import checkpoint as ckpt_lib
 from bigjax import config as config_lib
 from bigjax import decode
+from bigjax import distill
 from bigjax import lora as lora_lib
 from bigjax import models
 from bigjax import optim
@@ -62,6 +63,7 @@ class Run:
   data: pipeline.Data
   abstract: steps.Abstract
   ckpt: ckpt_lib.Checkpointer
+  teacher: distill.Teacher | None = None  # train.teacher: the frozen model distilled from.
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, started: float | None = None) -> dict[str, float]:
@@ -134,10 +136,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   abstract = steps.abstract_state(mcfg, mesh, rules, optim.make(config), lora=adapters)
   if adapters is not None:
     log(lora_lib.describe(abstract.state.params, adapters))  # Names train.lora_targets if it finds nothing.
+  teacher = distill.load(config, mcfg, mesh, rules)
+  if teacher is not None:
+    log(f"bigjax: distilling from {teacher.source} ({teacher.cfg.family}, "
+        f"{sum(x.size for x in jax.tree_util.tree_leaves(teacher.params)):,} params, {teacher.cfg.param_dtype}): "
+        f"loss = {teacher.alpha:g} * {teacher.temperature:g}^2 * KL + {1 - teacher.alpha:g} * cross-entropy")
   ckpt = ckpt_lib.Checkpointer(str(root), keep=config.train.keep_checkpoints,
                                async_save=config.train.async_checkpoints, best_metric=config.train.best_metric,
                                best_mode=config.train.best_mode)
-  return Run(config, mcfg, root, saved, mesh, rules, data, abstract, ckpt)
+  return Run(config, mcfg, root, saved, mesh, rules, data, abstract, ckpt, teacher)
 
 
 # ------------------------------------------------------------------------------ restore or init
@@ -246,10 +253,17 @@ def compile_steps(run: Run, state: steps.TrainState) -> Compiled:
     t0 = time.time()
     step_fn = jax.jit(steps.make_train_step(run.abstract.module, run.abstract.tx, optim.schedule(config),
                                             config.train.seed, config.train.grad_accum_steps,
-                                            config.train.on_nonfinite, sparsity=_sparsity_fn(config)),
-                      in_shardings=(sh, partitioning.batch_sharding(mesh)),
+                                            config.train.on_nonfinite, sparsity=_sparsity_fn(config),
+                                            teacher=run.teacher),
+                      in_shardings=(sh, partitioning.batch_sharding(mesh))
+                      + ((jax.tree_util.tree_map(lambda x: x.sharding, run.teacher.params),) if run.teacher else ()),
                       out_shardings=(sh, partitioning.replicated(mesh)), donate_argnums=0)
-    step_fn = step_fn.lower(state, partitioning.global_batch(data.train.example_batch(), mesh)).compile()
+    example = partitioning.global_batch(data.train.example_batch(), mesh)
+    if run.teacher is None:
+      step_fn = step_fn.lower(state, example).compile()
+    else:
+      with_teacher = step_fn.lower(state, example, run.teacher.params).compile()
+      step_fn = lambda s, b: with_teacher(s, b, run.teacher.params)
     evaluator = steps.Evaluator(run.abstract.module, mesh, run.rules, sh.params, data.eval, constants,
                                 labels=bool(data.labels))
     evaluator.compile(state.params)
@@ -377,8 +391,9 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
                     "grad_norm": float(metrics["grad_norm"]), **speed}
       if watch.skipped:
         last_train["skipped_steps"] = watch.skipped
-      if "sparsity" in metrics:
-        last_train["sparsity"] = float(metrics["sparsity"])
+      for name in ("sparsity", "xent", "kl"):
+        if name in metrics:
+          last_train[name] = float(metrics[name])
       writer.write(step, "train", last_train)
       eta = (total - step) * dt / window_steps
       log(f"train step {step}/{total}: loss {last_train['loss']:.4f} lr {last_train['learning_rate']:.2e} "
