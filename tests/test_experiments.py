@@ -187,3 +187,18 @@ def test_gpt_chain(task_dir, tmp_path):
     confusion = np.asarray(shots["k"][k]["confusion"])
     assert confusion.sum(1).tolist() == rows
     assert shots["k"][k]["accuracy"] == np.trace(confusion) / 6
+
+
+@pytest.mark.parametrize("name, arg", [("distill", "gpt"), ("distill", "gpt_alone"), ("distill", "bert"),
+                                       ("distill", "bert_alone"), ("llama_lora", None), ("llama_lora", "8b")])
+def test_compression_and_lora_configs_resolve(name, arg):
+  from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = runpy.run_path(os.path.join(REPO, "experiments", f"{name}.py"))["get_config"](arg)
+  mcfg = config_lib.validate(c)
+  if name == "distill":
+    teacher = runpy.run_path(os.path.join(REPO, "experiments", "quickstart.py" if arg.startswith("gpt")
+                                          else "bert_mlm.py"))["get_config"]()
+    assert (mcfg.d_model, mcfg.d_ff) == (teacher.model.d_model // 2, teacher.model.d_ff // 2)
+    assert bool(c.train.teacher) == (not arg.endswith("alone"))
+  else:
+    assert c.train.lora_rank == 16 and mcfg.family == "decoder"
