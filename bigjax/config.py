@@ -39,6 +39,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION = ("auto", "plain", "xla", "cudnn", "flash")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 OPTIMIZERS = ("adamw", "adafactor", "sgd", "lion")
+QUANTIZE = ("none", "int8_weight", "int8_dynamic")
 # Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
 _FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
                      "encoder_decoder": ("relative",)}
@@ -97,6 +98,10 @@ class ModelConfig:
   scan_layers: bool = False  # Run the blocks under nn.scan (one compiled block; params stacked on "layers").
   remat_policy: str = "none"  # Rematerialise blocks in the backward pass: none, full, dots, dots_no_batch.
   attention: str = "auto"  # auto | plain | xla | cudnn | flash: what computes attention (see ATTENTION).
+  # Post-training int8 (bigjax.quantize, written by `bigjax quantize`): "none", "int8_weight" or
+  # "int8_dynamic", on the modules whose path quantize_targets finds.
+  quantize: str = "none"
+  quantize_targets: str = r".*/(attention|cross_attention|mlp)/.*|lm_head"
   init_std: float = 0.02  # Std of the normal initializer (residual projections get /sqrt(2L)).
   dtype: str = "float32"  # Compute dtype of activations.
   param_dtype: str = "float32"  # Storage dtype of parameters.
@@ -112,6 +117,10 @@ class ModelConfig:
     _choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
     _choice("model.attention", self.attention, ATTENTION)
     _choice("model.rope_type", self.rope_type, ROPE_TYPES)
+    _choice("model.quantize", self.quantize, QUANTIZE)
+    if self.quantize != "none" and self.scan_layers:
+      raise ConfigError(f"model.quantize={self.quantize!r} runs the blocks unscanned (each layer's kernels get their "
+                        "own scales); set model.scan_layers=False (bigjax quantize does)")
     if self.rope_type != "default":
       if self.positions != "rotary":
         raise ConfigError(f"model.rope_type={self.rope_type!r} scales rotary positions; model.positions is "

@@ -48,6 +48,11 @@
       v5e-N, v5litepod-N (16 GiB) and v6e-N (32 GiB) count chips; NxA100 (40 GiB), NxA100-80GB,
       NxH100 (80 GiB) count GPUs.
 
+  bigjax quantize --workdir DIR --mode int8_weight|int8_dynamic --out NEW_DIR
+      Post-training int8 with Qwix of the attention and MLP projections (and an untied output layer):
+      NEW_DIR is a workdir that bigjax eval, decode and export read (its config says model.quantize); it
+      prints the matmul weights' bytes before and after. NEW_DIR must be new or empty.
+
   bigjax export --workdir DIR --format stablehlo|saved_model|hf --out NEW_DIR [--platforms cpu,cuda,tpu]
       The workdir's latest model (LoRA adapters merged) for use without bigjax: stablehlo is jax.export's
       serialized scoring function (logits for ids and masks, any batch and length) with params.npz, reloaded
@@ -87,6 +92,7 @@ COMMANDS = {
     "baselines": "baselines of a config's task on its eval split: --config FILE --workdir DIR [--max_examples N]",
     "plan": "per-device memory of a config on a mesh, before allocating: --config FILE [--mesh d,f,t] "
             "[--topology NAME | --devices N --device_memory SIZE]",
+    "quantize": "post-training int8 (Qwix): --workdir DIR --mode int8_weight|int8_dynamic --out NEW_DIR",
     "export": "a workdir's model for use without bigjax: --workdir DIR --format stablehlo|saved_model|hf --out NEW_DIR",
     "tokenizer": "tokenizer train: train a SentencePiece model (--input, --vocab_size, --model_type, --out)",
 }
@@ -126,6 +132,8 @@ _COMPILE = flags.DEFINE_boolean("compile", True, "plan: on this machine's device
                                 "on abstract inputs and print XLA's memory_analysis() beside the estimate.")
 _FORMAT = flags.DEFINE_string("format", None, "export: stablehlo (jax.export + params.npz), saved_model (TensorFlow, "
                                "serving_default) or hf (transformers).")
+_MODE = flags.DEFINE_string("mode", None, "quantize: int8_weight (int8 weights, per-channel scales) or int8_dynamic "
+                             "(and int8 activations, scaled per row on the fly).")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "export: platforms the StableHLO is lowered for.")
 _HF = flags.DEFINE_string("hf", None, "decode: a Hugging Face model directory to decode with (instead of --workdir).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "decode: prompt text (repeat for a batch).")
@@ -174,6 +182,7 @@ _COMMAND_FLAGS = {
     "baselines": ("config", "workdir", "max_examples"),
     "plan": ("config", "mesh", "devices", "device_memory", "topology", "compile"),
     "export": ("workdir", "format", "out", "platforms"),
+    "quantize": ("workdir", "mode", "out"),
     "tokenizer": ("input", "split", "text_key", "vocab_size", "model_type", "special_pieces", "out",
                   "max_sentences"),
 }
@@ -276,6 +285,18 @@ def _convert(args: list[str]) -> None:
     cfg, params = convert.from_workdir(_WORKDIR.value)
     convert.to_hf(cfg, params, _TO_HF.value)
     print(f"bigjax: wrote {_TO_HF.value} ({cfg.family}, {_count(params):,} params) from {_WORKDIR.value}")
+
+
+def _quantize(args: list[str]) -> None:
+  if args:
+    fail(f"unexpected arguments {args}; usage: bigjax quantize --workdir DIR --mode MODE --out NEW_DIR")
+  from bigjax import quantize  # pylint: disable=g-import-not-at-top
+  if not _WORKDIR.value or not _MODE.value or not _OUT.value:
+    fail(f"quantize needs --workdir DIR, --mode ({'|'.join(quantize.MODES)}) and --out NEW_DIR")
+  r = quantize.quantize_workdir(_WORKDIR.value, _MODE.value, _OUT.value)
+  print(f"bigjax: quantized {_WORKDIR.value} (step {r['step']}) as {r['mode']} into {_OUT.value}: {r['layers']} "
+        f"matmul weights {r['float_bytes']:,} → {r['int8_bytes']:,} bytes ({r['float_bytes'] / r['int8_bytes']:.2f}x "
+        f"smaller); all params {r['total_float_bytes']:,} → {r['total_bytes']:,} bytes")
 
 
 def _export(args: list[str]) -> None:
@@ -421,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (bigjax --help)")
   try:
     {"train": _train, "convert": _convert, "decode": _decode, "eval": _eval, "baselines": _baselines, "plan": _plan,
-     "export": _export, "tokenizer": _tokenizer}[command](args)
+     "export": _export, "quantize": _quantize, "tokenizer": _tokenizer}[command](args)
   except ConfigError as e:
     fail(str(e))
   except KeyboardInterrupt:

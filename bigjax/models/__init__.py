@@ -33,8 +33,13 @@ def build(cfg: ModelConfig, *, decode: bool = False, lora=None):
   if decode:
     if cfg.family == "encoder":
       raise ConfigError("model.family='encoder' does not generate text; decoding needs decoder or encoder_decoder")
-    return _FAMILIES[cfg.family](cfg, decode=True, **extra)
-  return _FAMILIES[cfg.family](cfg, **extra)
+    module = _FAMILIES[cfg.family](cfg, decode=True, **extra)
+  else:
+    module = _FAMILIES[cfg.family](cfg, **extra)
+  if cfg.quantize != "none":  # Qwix's int8 (bigjax.quantize); params as plain dicts.
+    from bigjax import quantize  # pylint: disable=g-import-not-at-top
+    return quantize.QuantizedModule(module, cfg)
+  return module
 
 
 # ----------------------------------------------------------------------------------- decoding

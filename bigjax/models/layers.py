@@ -135,7 +135,8 @@ class Dense(nn.Module):
     dt = dtype_of(self.dtype)
     contract = lambda a, w, n: jax.lax.dot_general(a, w, ((tuple(range(a.ndim - n, a.ndim)), tuple(range(n))),
                                                           ((), ())))
-    y = contract(x.astype(dt), kernel.astype(dt), n_in)
+    # Cast only when needed: a quantized kernel (bigjax.quantize: Qwix's int8 arrays) arrives as it is.
+    y = contract(x.astype(dt), kernel if kernel.dtype == dt else kernel.astype(dt), n_in)
     if self.use_bias:
       bias = self.param("bias", param_init(nn.initializers.zeros, self.out_names), tuple(self.features),
                         dtype_of(self.param_dtype))
