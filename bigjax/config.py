@@ -102,6 +102,7 @@ class ModelConfig:
   # "int8_dynamic", on the modules whose path quantize_targets finds.
   quantize: str = "none"
   quantize_targets: str = r".*/(attention|cross_attention|mlp)/.*|lm_head"
+  kv_cache_dtype: str = ""  # KV-cache storage: "" (the compute dtype) or "int8" (a float32 scale per position and head).
   init_std: float = 0.02  # Std of the normal initializer (residual projections get /sqrt(2L)).
   dtype: str = "float32"  # Compute dtype of activations.
   param_dtype: str = "float32"  # Storage dtype of parameters.
@@ -118,6 +119,7 @@ class ModelConfig:
     _choice("model.attention", self.attention, ATTENTION)
     _choice("model.rope_type", self.rope_type, ROPE_TYPES)
     _choice("model.quantize", self.quantize, QUANTIZE)
+    _choice("model.kv_cache_dtype", self.kv_cache_dtype, ("", "int8"))
     if self.quantize != "none" and self.scan_layers:
       raise ConfigError(f"model.quantize={self.quantize!r} runs the blocks unscanned (each layer's kernels get their "
                         "own scales); set model.scan_layers=False (bigjax quantize does)")

@@ -389,9 +389,10 @@ def _compiled(cfg, num_beams, max_new_tokens, eos_id, pad_id, length_penalty, ea
 
 def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids: list[str], tokenizer: str | None,
          max_new_tokens: int, temperature: float, top_k: int, top_p: float, num_beams: int,
-         length_penalty: float, seed: int, dtype: str | None = None) -> None:
+         length_penalty: float, seed: int, dtype: str | None = None, kv_cache_dtype: str | None = None) -> None:
   """`bigjax decode`: prints, for each prompt, the prompt, the generated text and the ids; `dtype` casts
-  the model (weights, activations, KV cache) first (`in_dtype`)."""
+  the model (weights, activations, KV cache) first (`in_dtype`); `kv_cache_dtype="int8"` stores the KV cache
+  as int8 with per-position scales."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   from bigjax import convert  # pylint: disable=g-import-not-at-top
   from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -408,6 +409,9 @@ def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids:
     special = convert.hf_special_ids(hf)
   if dtype:
     cfg, params = in_dtype(cfg, params, dtype)
+  if kv_cache_dtype:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    cfg = dataclasses.replace(cfg, kv_cache_dtype=kv_cache_dtype)
   tok = tokenizer_lib.load(tok_name) if tok_name else None
   if prompts and tok is None:
     raise ConfigError("--prompt text needs a tokenizer: pass --tokenizer (a SentencePiece .model or 'byte') "

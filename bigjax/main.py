@@ -151,6 +151,8 @@ _LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "decode, eval: beam 
 _SEED = flags.DEFINE_integer("seed", 0, "decode: sampling seed.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "decode: the weights, activations and KV cache "
                            "in this dtype (default: the model's; bfloat16 halves the bytes each token reads).")
+_KV_CACHE = flags.DEFINE_enum("kv_cache_dtype", None, ["int8"], "decode: store the KV cache as int8 with a float32 "
+                              "scale per position and head (a quarter of float32's bytes).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "eval: evaluate the first N examples of the split "
                                      "(0 = all of it).")
 _FEWSHOT = flags.DEFINE_string("fewshot", None, "eval: a labelled source (e.g. stdlib_packages) to classify in "
@@ -176,7 +178,7 @@ _COMMAND_FLAGS = {
     "train": ("config", "workdir", "coordinator_address", "num_processes", "process_id"),
     "convert": ("from_hf", "to_hf", "workdir"),
     "decode": ("workdir", "hf", "prompt", "prompt_ids", "tokenizer", "max_new_tokens", "temperature", "top_k",
-               "top_p", "num_beams", "length_penalty", "seed", "dtype"),
+               "top_p", "num_beams", "length_penalty", "seed", "dtype", "kv_cache_dtype"),
     "eval": ("workdir", "split", "max_examples", "batch_size", "num_beams", "max_new_tokens", "length_penalty",
              "fewshot", "fewshot_k", "fewshot_keys"),
     "baselines": ("config", "workdir", "max_examples"),
@@ -334,7 +336,8 @@ def _decode(args: list[str]) -> None:
   decode.main(workdir=_WORKDIR.value, hf=_HF.value, prompts=_PROMPT.value, prompt_ids=_PROMPT_IDS.value,
               tokenizer=_TOKENIZER.value, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
               top_k=_TOP_K.value, top_p=_TOP_P.value, num_beams=_NUM_BEAMS.value,
-              length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value, dtype=_DTYPE.value)
+              length_penalty=_LENGTH_PENALTY.value, seed=_SEED.value, dtype=_DTYPE.value,
+              kv_cache_dtype=_KV_CACHE.value)
 
 
 def _eval(args: list[str]) -> None:

@@ -480,7 +480,11 @@ class Attention(nn.Module):
     return constrain(out, BTE)
 
   def _update_cache(self, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
-    """Writes this chunk's keys/values at `index` of the cache; returns the whole cache."""
+    """Writes this chunk's keys/values at `index` of the cache; returns the whole cache. With
+    `model.kv_cache_dtype="int8"` each position's head vector is stored as int8 with its float32 absmax scale
+    (`cached_key_scale`, ...) and read back dequantized in the compute dtype: a quarter of float32's bytes."""
+    if self.cfg.kv_cache_dtype == "int8":
+      return tuple(self._int8_slot(name, x, index) for name, x in (("key", k), ("value", v)))
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
     if self.is_initializing():  # init(decode=True) only shapes the cache: its length is the input's.
@@ -488,6 +492,17 @@ class Attention(nn.Module):
     ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, index, 0, 0))
     cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, index, 0, 0))
     return ck.value, cv.value
+
+  def _int8_slot(self, name: str, x: Array, index: Array) -> Array:
+    q = self.variable("cache", f"cached_{name}", jnp.zeros, x.shape, jnp.int8)
+    s = self.variable("cache", f"cached_{name}_scale", jnp.ones, x.shape[:-1] + (1,), jnp.float32)
+    if self.is_initializing():
+      return x
+    xf = x.astype(jnp.float32)
+    scale = jnp.maximum(jnp.max(jnp.abs(xf), axis=-1, keepdims=True), 1e-30) / 127.0
+    q.value = jax.lax.dynamic_update_slice(q.value, jnp.round(xf / scale).astype(jnp.int8), (0, index, 0, 0))
+    s.value = jax.lax.dynamic_update_slice(s.value, scale, (0, index, 0, 0))
+    return (q.value.astype(jnp.float32) * s.value).astype(x.dtype)
 
 
 class Mlp(nn.Module):
