@@ -39,7 +39,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION = ("auto", "plain", "xla", "cudnn", "flash")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 OPTIMIZERS = ("adamw", "adafactor", "sgd", "lion")
-QUANTIZE = ("none", "int8_weight", "int8_dynamic")
+QUANTIZE = ("none", "int8_weight", "int8_dynamic", "int8_qat")
 # Which positions each family can use (T5 is defined by its relative buckets; BERT by learned ones).
 _FAMILY_POSITIONS = {"encoder": ("learned", "rotary"), "decoder": ("learned", "rotary"),
                      "encoder_decoder": ("relative",)}
@@ -98,8 +98,9 @@ class ModelConfig:
   scan_layers: bool = False  # Run the blocks under nn.scan (one compiled block; params stacked on "layers").
   remat_policy: str = "none"  # Rematerialise blocks in the backward pass: none, full, dots, dots_no_batch.
   attention: str = "auto"  # auto | plain | xla | cudnn | flash: what computes attention (see ATTENTION).
-  # Post-training int8 (bigjax.quantize, written by `bigjax quantize`): "none", "int8_weight" or
-  # "int8_dynamic", on the modules whose path quantize_targets finds.
+  # int8 (bigjax.quantize): "int8_weight" / "int8_dynamic" are post-training (written by `bigjax quantize`),
+  # "int8_qat" trains with int8-rounded weights in the forward pass (straight-through gradients), on the
+  # modules whose path quantize_targets finds.
   quantize: str = "none"
   quantize_targets: str = r".*/(attention|cross_attention|mlp)/.*|lm_head"
   kv_cache_dtype: str = ""  # KV-cache storage: "" (the compute dtype) or "int8" (a float32 scale per position and head).
@@ -120,7 +121,7 @@ class ModelConfig:
     _choice("model.rope_type", self.rope_type, ROPE_TYPES)
     _choice("model.quantize", self.quantize, QUANTIZE)
     _choice("model.kv_cache_dtype", self.kv_cache_dtype, ("", "int8"))
-    if self.quantize != "none" and self.scan_layers:
+    if self.quantize in ("int8_weight", "int8_dynamic") and self.scan_layers:
       raise ConfigError(f"model.quantize={self.quantize!r} runs the blocks unscanned (each layer's kernels get their "
                         "own scales); set model.scan_layers=False (bigjax quantize does)")
     if self.rope_type != "default":

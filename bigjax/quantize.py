@@ -5,6 +5,9 @@
                   (absmax) and dequantized in the matmul; activations stay in the compute dtype.
   "int8_dynamic"  the same weights, and each matmul's input quantized to int8 on the fly (absmax per row):
                   an int8 × int8 matmul.
+  "int8_qat"      quantization-aware training (Qwix's QtProvider): the same weights rounded to int8 in the
+                  forward pass with straight-through gradients while the float params train; `bigjax
+                  quantize` of that workdir then loses less than quantizing a float-trained one.
 `model.quantize_targets` is a regular expression over module paths (default: every projection of the
 attention and MLP blocks, and an untied output layer; embeddings, norms, T5's position bias and a tied
 output layer stay float).
@@ -32,6 +35,15 @@ import jax.numpy as jnp
 from bigjax.config import ConfigError, ModelConfig
 
 MODES = ("int8_weight", "int8_dynamic")
+
+
+def qat_module(module, cfg: ModelConfig):
+  """`module` under Qwix's QtProvider: the targeted weights are rounded to int8 (per channel, absmax) in the
+  forward pass and get straight-through gradients; the params stay float, so training, checkpoints and
+  resume are unchanged, and `bigjax quantize` turns the trained workdir into int8."""
+  import qwix  # pylint: disable=g-import-not-at-top
+  return qwix.quantize_model(module, qwix.QtProvider([qwix.QtRule(module_path=cfg.quantize_targets,
+                                                                 weight_qtype=jnp.int8)]))
 
 
 def _key(entry) -> str:
@@ -114,7 +126,7 @@ def quantize_workdir(workdir: str, mode: str, out: str, targets: str | None = No
     raise ConfigError(f"--out={out} exists and is not empty; quantize into a new directory (nothing is overwritten)")
   restored = workdir_lib.latest_params(workdir)
   cfg = restored.model_config
-  if cfg.quantize != "none":
+  if cfg.quantize in MODES:
     raise ConfigError(f"--workdir={workdir} is already quantized (model.quantize={cfg.quantize!r}); quantize the "
                       "float model it came from")
   from bigjax import models  # pylint: disable=g-import-not-at-top

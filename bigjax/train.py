@@ -101,7 +101,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Everything that can be wrong with the config, the workdir or the mesh is found here, before any
   state exists or anything is written."""
   mcfg = config_lib.validate(config)
-  if mcfg.quantize != "none":
+  if mcfg.quantize in ("int8_weight", "int8_dynamic"):
     raise ConfigError(f"model.quantize={mcfg.quantize!r} is post-training quantization for eval, decode and export "
                       "(bigjax quantize writes it); train the float model and quantize it after")
   root = workdir_lib.path(workdir)

@@ -168,3 +168,21 @@ def test_int8_kv_cache_decodes_near_the_float_cache_in_a_quarter_of_the_bytes(na
     got = np.concatenate([np.asarray(o) for o in outs], axis=1)
     want = np.asarray(models.build(cfg).apply({"params": params}, seq))
     assert np.abs(got - want).max() <= 0.05 * want.std()
+
+
+def test_quantization_aware_training_then_int8(trained, text_file):
+  root, _ = trained
+  qat = str(root / "qat")
+  cfg = tiny_config(text_file, **{"model.d_model": 64, "model.d_ff": 128, "train.steps": 10, "train.eval_every": 10,
+                                  "train.checkpoint_every": 10, "model.quantize": "int8_qat"})
+  out = train.train(cfg, qat)
+  with open(os.path.join(qat, "metrics.jsonl")) as f:
+    losses = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
+  assert losses[-1] < losses[0]
+  record = quantize.quantize_workdir(qat, "int8_weight", str(root / "qat_int8"))
+  assert record["int8_bytes"] * 3.5 <= record["float_bytes"]
+  from bigjax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  int8_loss = evaluate.evaluate(str(root / "qat_int8"))["metrics"]["loss"]
+  qat_loss = evaluate.evaluate(qat)["metrics"]["loss"]
+  # The QAT forward pass already used int8-rounded weights: the int8 model computes nearly the same.
+  assert abs(int8_loss - qat_loss) < 2e-3, (int8_loss, qat_loss, out)

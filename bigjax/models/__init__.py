@@ -36,6 +36,9 @@ def build(cfg: ModelConfig, *, decode: bool = False, lora=None):
     module = _FAMILIES[cfg.family](cfg, decode=True, **extra)
   else:
     module = _FAMILIES[cfg.family](cfg, **extra)
+  if cfg.quantize == "int8_qat":  # Qwix's quantization-aware training: float params, int8-rounded in use.
+    from bigjax import quantize  # pylint: disable=g-import-not-at-top
+    return quantize.qat_module(module, cfg)
   if cfg.quantize != "none":  # Qwix's int8 (bigjax.quantize); params as plain dicts.
     from bigjax import quantize  # pylint: disable=g-import-not-at-top
     return quantize.QuantizedModule(module, cfg)
