@@ -190,14 +190,15 @@ def test_gpt_chain(task_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name, arg", [("distill", "gpt"), ("distill", "gpt_alone"), ("distill", "bert"),
-                                       ("distill", "bert_alone"), ("llama_lora", None), ("llama_lora", "8b")])
+                                       ("distill", "bert_alone"), ("distill", "t5"), ("distill", "t5_alone"),
+                                       ("llama_lora", None), ("llama_lora", "8b")])
 def test_compression_and_lora_configs_resolve(name, arg):
   from bigjax import config as config_lib  # pylint: disable=g-import-not-at-top
   c = runpy.run_path(os.path.join(REPO, "experiments", f"{name}.py"))["get_config"](arg)
   mcfg = config_lib.validate(c)
   if name == "distill":
-    teacher = runpy.run_path(os.path.join(REPO, "experiments", "quickstart.py" if arg.startswith("gpt")
-                                          else "bert_mlm.py"))["get_config"]()
+    source = {"gpt": "quickstart.py", "bert": "bert_mlm.py", "t5": "t5_span.py"}[arg.split("_")[0]]
+    teacher = runpy.run_path(os.path.join(REPO, "experiments", source))["get_config"]()
     assert (mcfg.d_model, mcfg.d_ff) == (teacher.model.d_model // 2, teacher.model.d_ff // 2)
     assert bool(c.train.teacher) == (not arg.endswith("alone"))
   else:
