@@ -1,5 +1,7 @@
 """The tf.data pipeline: windows, the step-addressed training stream, eval batches, caching."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -135,6 +137,23 @@ def test_build_tokenizes_and_caches_a_local_file(text_file):
   assert data.eval_windows.count == (len("".join(lines[-n_val:]).encode()) + 1 - 1) // 32
   again = pipeline.build(cfg)  # From the cache: the same tokens.
   np.testing.assert_array_equal(again.train_tokens, data.train_tokens)
+
+
+@pytest.mark.parametrize("name", ["byte", "code_sp4k.model"])
+def test_local_text_is_tokenized_without_tensorflow_to_the_same_ids(text_file, tmp_path, monkeypatch, name):
+  """The Python path for local text files gives the tf.data path's ids (a multi-file source too)."""
+  tok = tokenizer_lib.load(name)
+  for k in range(3):
+    (tmp_path / f"doc{k}.txt").write_text(f"Ünïcode line {k}\n" + open(text_file, encoding="utf-8").read()[:2000])
+  for source in (text_file, str(tmp_path / "*.txt")):
+    for split in ("train", "validation"):
+      fast = pipeline.tokenize_split(source, split, tok, data_dir=str(tmp_path / "a"))
+      monkeypatch.setattr(pipeline.sources, "local_texts", lambda *a, **k: None)  # Force the tf.data path.
+      slow = pipeline.tokenize_split(source, split, tok, data_dir=str(tmp_path / "b"))
+      monkeypatch.undo()
+      np.testing.assert_array_equal(fast, slow)
+      for d in ("a", "b"):  # Tokenized anew next time, both ways.
+        shutil.rmtree(tmp_path / d, ignore_errors=True)
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused(text_file):

@@ -85,7 +85,8 @@ def tokenize_split(source: str, split: str, tok, *, data_dir: str = "", text_key
                    described: str = "") -> np.ndarray:
   """All documents of a split as one int32 token stream, each document followed by EOS.
 
-  Tokenization runs in the tf.data graph (parallel map); the result is cached in the TFDS data dir keyed
+  Local text files are tokenized with the tokenizer's Python API (no TensorFlow); other sources in the
+  tf.data graph (parallel map), with the same ids (tested); the result is cached in the TFDS data dir keyed
   by what the source is made from (`sources.describe`, or `described` when the caller has it), the split
   and the tokenizer, so a second run starts at once and an edited source is tokenized anew.
   """
@@ -95,14 +96,18 @@ def tokenize_split(source: str, split: str, tok, *, data_dir: str = "", text_key
   path = os.path.join(_cache_dir(data_dir), hashlib.sha256(key.encode()).hexdigest()[:20] + ".npy")
 
   def make() -> np.ndarray:
-    tf, _ = import_tensorflow()
-    docs = sources.documents(source, split, data_dir_=data_dir, text_key=text_key)
-    eos = tf.constant([tok.eos_id], tf.int32)
-    with quiet_native_stderr():  # The SentencePiece op logs its normaliser set-up from C++.
-      encode = tok.tf_encoder()
-      ds = docs.map(lambda t: tf.concat([encode(t), eos], 0),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      pieces = list(ds.as_numpy_iterator())
+    texts = sources.local_texts(source, split)
+    if texts is not None:  # Local text files: the tokenizer's own Python API, no TensorFlow to import.
+      pieces = [np.asarray(ids + [tok.eos_id], np.int32) for ids in tok.encode(texts)]
+    else:
+      tf, _ = import_tensorflow()
+      docs = sources.documents(source, split, data_dir_=data_dir, text_key=text_key)
+      eos = tf.constant([tok.eos_id], tf.int32)
+      with quiet_native_stderr():  # The SentencePiece op logs its normaliser set-up from C++.
+        encode = tok.tf_encoder()
+        ds = docs.map(lambda t: tf.concat([encode(t), eos], 0),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        pieces = list(ds.as_numpy_iterator())
     tokens = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros([0], np.int32)
     if tokens.size <= len(pieces):  # Nothing but EOS markers.
       raise ConfigError(f"data.source={source!r}: the {split!r} split holds no text")

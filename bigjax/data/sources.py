@@ -537,6 +537,18 @@ def documents(source: str, split: str, *, data_dir_: str = "", text_key: str = "
   return tf.data.Dataset.from_tensor_slices(_local_documents(source, split))
 
 
+def local_texts(source: str, split: str) -> list[str] | None:
+  """The documents of `split` as Python strings when `source` is local plain-text files (what `documents`
+  would put in a tf.data.Dataset), else None: such sources are tokenized without TensorFlow."""
+  if not source or source in EMBEDDED or source.startswith("tfds:"):
+    return None
+  paths = local_files(source)
+  if _has_records(source, paths):
+    return None
+  check_split(source, split)
+  return _local_documents(source, split)
+
+
 def _file_digest(path: str) -> str:
   """sha256 of a file's bytes (local or gs://), read in 1 MiB chunks."""
   h = hashlib.sha256()
