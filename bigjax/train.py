@@ -66,12 +66,15 @@ class Run:
   teacher: distill.Teacher | None = None  # train.teacher: the frozen model distilled from.
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, started: float | None = None) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, workdir: str, *, started: float | None = None,
+          on_log=None) -> dict[str, float]:
   """Trains to `config.train.steps`, resuming from the workdir if it holds a run. Returns last metrics.
 
   SIGTERM / SIGINT during the run (a preemption notice) ends it early but cleanly: the step in flight
   finishes, is checkpointed, the save completes, and this returns (`preempted` true in the result).
-  `started` (a `time.time()`, the CLI's start) dates the start-up line; by default it counts from this call."""
+  `started` (a `time.time()`, the CLI's start) dates the start-up line; by default it counts from this call.
+  `on_log(step, total, split, metrics)` (e.g. a notebook's progress bar) is called with every line written to
+  metrics.jsonl ("train" every train.log_every steps, "eval" at each eval)."""
   clock = {"start": started or time.time(), "call": time.time()}
   with ckpt_lib.Preemption() as preemption:
     run = setup(config, workdir)
@@ -81,7 +84,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, started: float | N
       clock["state"] = time.time()
       compiled = compile_steps(run, state)
       clock["compile"] = time.time()
-      return loop(run, state, position, compiled, preemption, clock)
+      return loop(run, state, position, compiled, preemption, clock, on_log)
     finally:
       run.ckpt.close()
 
@@ -312,7 +315,7 @@ class _FiniteWatch:
 
 
 def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
-         preemption: ckpt_lib.Preemption, clock: dict[str, float] | None = None) -> dict[str, Any]:
+         preemption: ckpt_lib.Preemption, clock: dict[str, float] | None = None, on_log=None) -> dict[str, Any]:
   """Steps to train.steps: logs every train.log_every, evaluates (and samples) every train.eval_every,
   checkpoints every train.checkpoint_every and at the end, and stops cleanly on a preemption notice."""
   config, mcfg, mesh, data, ckpt = run.config, run.mcfg, run.mesh, run.data, run.ckpt
@@ -338,6 +341,8 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
           f"{m['loss'] / m['unigram_loss']:.3f}) bits/byte {m['bits_per_byte']:.4f} ppl {m['perplexity']:.2f} "
           f"accuracy {m['accuracy']:.4f}")
     writer.write(step, "eval", m)
+    if on_log is not None:
+      on_log(step, total, "eval", m)
     write_samples(step)
     return m
 
@@ -398,6 +403,8 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
         if name in metrics:
           last_train[name] = float(metrics[name])
       writer.write(step, "train", last_train)
+      if on_log is not None:
+        on_log(step, total, "train", last_train)
       eta = (total - step) * dt / window_steps
       log(f"train step {step}/{total}: loss {last_train['loss']:.4f} lr {last_train['learning_rate']:.2e} "
           f"grad_norm {last_train['grad_norm']:.3f} | {speed['tokens_per_s']:,.0f} tok/s "

@@ -88,7 +88,7 @@ def cut_after(workdir, step: int) -> None:
 
 # Files whose tests share one long fixture (real multi-process runs) go first: with two workers taking a file
 # each, the long one then runs beside the rest of the suite instead of alone at its end.
-_FIRST = ("test_multihost.py",)
+_FIRST = ("test_multihost.py", "test_notebooks.py")
 
 
 def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument

@@ -168,6 +168,7 @@ def evaluate(workdir: str, *, split: str | None = None, max_examples: int = 0, b
                                   max_new_tokens=max_new_tokens, length_penalty=length_penalty))
 
   predictions = result.pop("_predictions", None)
+  scores = result.pop("_scores", None)  # Returned, not written: [n, labels] probabilities and true label indices.
   if write:
     try:
       if is_cls:
@@ -181,6 +182,8 @@ def evaluate(workdir: str, *, split: str | None = None, max_examples: int = 0, b
       workdir_lib.write_json(workdir / RESULTS, result)
     except OSError as e:
       raise ConfigError(f"writing the eval results into {workdir} failed: {e.strerror or e}") from None
+  if scores is not None:
+    result.update(scores)
   return result
 
 
@@ -206,6 +209,7 @@ def _classification(logits: np.ndarray, batches, n: int, data, values) -> dict[s
   preds, prior = baselines.majority(train_labels, n, labels=list(range(len(labels))))
   majority = metrics.classification(y_true, preds, prior, labels)
   return {"labels": labels, "confusion": cls["confusion"], "per_class": cls["per_class"],
+          "_scores": {"probs": probs, "y_true": y_true},
           "baselines": {"majority": {k: majority[k] for k in ("accuracy", "f1", "roc_auc") if k in majority}
                         | {"label": labels[int(preds[0])]}}}
 
