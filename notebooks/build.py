@@ -363,13 +363,35 @@ def execute(nb, timeout: int = 600):
   return nb
 
 
+def tidy(nb):
+  """Consecutive stream outputs of a cell merged, and progress-bar redraws ("\\r") reduced to their last state,
+  as a notebook front end shows them: the stored file stays small and reads as it looked."""
+  import nbformat  # pylint: disable=g-import-not-at-top
+  for cell in nb.cells:
+    if cell.cell_type != "code":
+      continue
+    merged = []
+    for out in cell.outputs:
+      if out.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == out.name:
+        merged[-1].text += out.text
+      else:
+        merged.append(out)
+    for out in merged:
+      if out.output_type == "stream":
+        out.text = "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
+                             for line in out.text.split("\n"))
+    cell.outputs = [o for o in merged if not (o.output_type == "stream" and not o.text.strip())]
+  nbformat.validate(nb)
+  return nb
+
+
 def main(prefixes: list[str]) -> None:
   import nbformat  # pylint: disable=g-import-not-at-top
   for name in NOTEBOOKS:
     if prefixes and not any(name.startswith(p) for p in prefixes):
       continue
     t0 = time.time()
-    nb = execute(notebook(name))
+    nb = tidy(execute(notebook(name)))
     path = os.path.join(HERE, f"{name}.ipynb")
     nbformat.write(nb, path)
     print(f"{name}: executed in {time.time() - t0:.1f} s, {os.path.getsize(path) / 1024:.0f} KiB")
