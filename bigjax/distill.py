@@ -15,6 +15,7 @@ The logged `loss` is that objective; `xent` and `kl` its two parts; eval reports
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -93,7 +94,7 @@ def load(config, student: ModelConfig, mesh, rules) -> Teacher | None:
   _check_same_outputs(student, cfg, source)
   if dtype:
     cfg, params = decode.in_dtype(cfg, params, dtype)
-  cfg = cfg.__class__(**{**cfg.to_dict(), "dropout_rate": 0.0})  # The teacher never drops out.
+  cfg = dataclasses.replace(cfg, dropout_rate=0.0)  # The teacher never drops out.
   rules, _ = partitioning.fit_kv_heads(rules, cfg, mesh)
   shardings = steps.abstract_state(cfg, mesh, rules).shardings.params
   params = jax.tree_util.tree_map(lambda x, s: jax.device_put(jnp.asarray(x), s), params, shardings)

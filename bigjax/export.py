@@ -110,7 +110,6 @@ def to_saved_model(cfg: ModelConfig, params, out: str, platforms: tuple[str, ...
 
 def export(workdir: str, fmt: str, out: str, *, platforms: tuple[str, ...] = PLATFORMS) -> dict[str, Any]:
   """`workdir`'s latest params (LoRA merged) as `fmt` into the new directory `out`; returns export.json."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
   from bigjax import convert  # pylint: disable=g-import-not-at-top
   from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if fmt not in FORMATS:
@@ -118,9 +117,7 @@ def export(workdir: str, fmt: str, out: str, *, platforms: tuple[str, ...] = PLA
   bad = [p for p in platforms if p not in PLATFORMS]
   if bad or not platforms:
     raise ConfigError(f"--platforms={','.join(platforms)}: each must be one of {', '.join(PLATFORMS)}")
-  target = epath.Path(out)
-  if target.exists() and any(target.iterdir()):
-    raise ConfigError(f"--out={out} exists and is not empty; export into a new directory (nothing is overwritten)")
+  target = workdir_lib.require_new_dir(out, "export")
   restored = workdir_lib.latest_params(workdir)
   cfg, params = restored.model_config, restored.params
   target.mkdir(parents=True, exist_ok=True)

@@ -133,11 +133,17 @@ def _in_axis(name: str, ndim: int) -> int:
   return axis
 
 
-def _n_m_mask(name: str, x: jax.Array, n: int, m: int) -> jax.Array:
-  axis = _in_axis(name, x.ndim)
-  if x.shape[axis] % m:
-    raise ConfigError(f"train.prune='n:m' ({n}:{m}): {name} has {x.shape[axis]} weights along its input axis "
+def _n_m_axis(name: str, shape: tuple[int, ...], n: int, m: int) -> int:
+  """The axis N:M groups run along in `name` of `shape`; a ConfigError when M does not divide it."""
+  axis = _in_axis(name, len(shape))
+  if shape[axis] % m:
+    raise ConfigError(f"train.prune='n:m' ({n}:{m}): {name} has {shape[axis]} weights along its input axis "
                       f"{axis}, not a multiple of {m}; narrow train.prune_targets")
+  return axis
+
+
+def _n_m_mask(name: str, x: jax.Array, n: int, m: int) -> jax.Array:
+  axis = _n_m_axis(name, x.shape, n, m)
   moved = jnp.moveaxis(jnp.abs(x), axis, -1)
   groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
   ranks = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1, stable=True)
@@ -174,9 +180,8 @@ def transformation(inner: optax.GradientTransformation, s: Spec) -> optax.Gradie
     for k in target_names(params, s):
       p = flat[k]
       shape = jnp.shape(p.value if isinstance(p, nn.LogicallyPartitioned) else p)
-      if s.kind == "n:m" and shape[_in_axis(k, len(shape))] % s.m:  # Found at start-up, before anything is written.
-        raise ConfigError(f"train.prune='n:m' ({s.n}:{s.m}): {k} has {shape[_in_axis(k, len(shape))]} weights along "
-                          f"its input axis, not a multiple of {s.m}; narrow train.prune_targets")
+      if s.kind == "n:m":  # Found at start-up, before anything is written.
+        _n_m_axis(k, shape, s.n, s.m)
       if isinstance(p, nn.LogicallyPartitioned):  # Sharded like its parameter.
         masks[k] = p.replace(value=jnp.ones(p.value.shape, jnp.bool_))
       else:

@@ -82,7 +82,7 @@ class QuantizedModule:
     act = jnp.int8 if cfg.quantize == "int8_dynamic" else None
     rules = [qwix.QuantizationRule(module_path=cfg.quantize_targets, weight_qtype=jnp.int8, act_qtype=act)]
     self.module = qwix.quantize_model(module, qwix.PtqProvider(rules))
-    self.cfg, self.lora, self.decode = cfg, None, getattr(module, "decode", False)
+    self.cfg, self.lora = cfg, None  # Read like a model module's (no LoRA on a quantized model).
     plain = dataclasses.replace(cfg, quantize="none")
     inputs = steps.init_inputs(plain)
     quantized = qwix.quantize_model(type(module)(plain), qwix.PtqProvider(rules))
@@ -116,14 +116,11 @@ def stored_bytes(tree) -> int:
 
 def quantize_workdir(workdir: str, mode: str, out: str, targets: str | None = None) -> dict[str, Any]:
   """`bigjax quantize`: W's latest params quantized into the new workdir `out`; returns what it wrote."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
   from bigjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from bigjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if mode not in MODES:
     raise ConfigError(f"--mode={mode!r}: allowed values are {', '.join(MODES)}")
-  target = epath.Path(out)
-  if target.exists() and any(target.iterdir()):
-    raise ConfigError(f"--out={out} exists and is not empty; quantize into a new directory (nothing is overwritten)")
+  target = workdir_lib.require_new_dir(out, "quantize")
   restored = workdir_lib.latest_params(workdir)
   cfg = restored.model_config
   if cfg.quantize in MODES:

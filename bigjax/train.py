@@ -327,6 +327,8 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
   sample_len = min(config.train.sample_len, mcfg.max_len - _PROMPT_LEN)
   sampler = decode.make_sampler(mcfg, sample_len, config.train.sample_temperature, config.train.sample_top_k,
                                 tok.eos_id, tok.pad_id)
+  adapters = run.abstract.module.lora  # The sampler's model has no adapters: they are merged in, compiled once.
+  merge_adapters = None if adapters is None else jax.jit(lambda p: lora_lib.merge(p, adapters))
   target_len = example["decoder_input_ids"].shape[1] if "decoder_input_ids" in example else None
   meter = throughput.Throughput.create(mcfg, config.data.batch_size, config.data.seq_len, target_len,
                                        devices=list(mesh.devices.flat))
@@ -354,9 +356,7 @@ def loop(run: Run, state: steps.TrainState, position, compiled: Compiled,
       return
     prompts = np.asarray(data.eval_windows.gather(np.arange(n) % data.eval_windows.count)[:, :_PROMPT_LEN])
     with partitioning.activate(mesh, run.rules):
-      params = state.params
-      if run.abstract.module.lora is not None:  # The sampler's model has no adapters: merged in.
-        params = jax.jit(lambda p: lora_lib.merge(p, run.abstract.module.lora))(params)
+      params = state.params if merge_adapters is None else merge_adapters(state.params)
       out = np.asarray(sampler(params, jnp.asarray(prompts), jax.random.PRNGKey(step)))
     if jax.process_index() == 0:
       with (run.workdir / "samples.txt").open("a") as f:

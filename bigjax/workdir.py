@@ -240,6 +240,15 @@ class Restored(NamedTuple):
   unused: list[str]  # subset=True: the checkpoint's parameters the caller's model lacks.
 
 
+def require_new_dir(out, what: str) -> epath.Path:
+  """`out` as a path, or a ConfigError when it exists with anything in it: `what` (e.g. "export") writes only
+  into a new or empty directory, so nothing already written is overwritten."""
+  target = epath.Path(out)
+  if target.exists() and any(target.iterdir()):
+    raise ConfigError(f"--out={out} exists and is not empty; {what} into a new directory (nothing is overwritten)")
+  return target
+
+
 def latest_params(workdir, model_config: ModelConfig | None = None, shardings=None, *, subset: bool = False,
                   setting: str = "--workdir") -> Restored:
   """The params of `workdir`'s newest complete checkpoint, as `model_config` (default: the workdir's own
@@ -264,9 +273,10 @@ def latest_params(workdir, model_config: ModelConfig | None = None, shardings=No
   root = path(workdir)
   saved = require_config(root, setting)
   from bigjax import lora as lora_lib  # pylint: disable=g-import-not-at-top
-  theirs = config_lib.model_config(run_config(saved))
+  run = run_config(saved)
+  theirs = config_lib.model_config(run)
   mcfg = model_config or theirs
-  adapters = lora_lib.spec(run_config(saved))  # A LoRA run's: read with them, returned merged.
+  adapters = lora_lib.spec(run)  # A LoRA run's: read with them, returned merged.
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # Each process reads its own copy.
   ckpt = ckpt_lib.Checkpointer(str(root), read_only=True)
   try:

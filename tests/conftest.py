@@ -73,6 +73,20 @@ def tiny_config(source: str, **overrides):
   return c
 
 
+def checkpoint_params(workdir, step: int):
+  """The params a workdir's checkpoint at `step` holds, exactly as stored (adapters, masks' zeros and all), on
+  this process's first device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bigjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                                  ckpt.param_metadata(step))
+  params = jax.device_get(ckpt.restore_params(step, target))
+  ckpt.close()
+  return params
+
+
 def cut_after(workdir, step: int) -> None:
   """`workdir` as if its run had stopped after `step`: later checkpoints and metrics lines never happened."""
   import json  # pylint: disable=g-import-not-at-top

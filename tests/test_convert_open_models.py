@@ -23,6 +23,7 @@ from bigjax import models  # noqa: E402
 from bigjax import partitioning  # noqa: E402
 from bigjax.config import ConfigError  # noqa: E402
 from bigjax.convert import llama  # noqa: E402
+import test_convert_llama  # noqa: E402  (its forward and KV-cache helpers)
 
 BASE = dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, vocab_size=97, max_position_embeddings=64)
 LENGTH = 20
@@ -92,25 +93,8 @@ def hf_logits(model, ids, mask=None):
     return model(input_ids=torch.tensor(ids), attention_mask=mask).logits.numpy()
 
 
-def ours(cfg, params, ids, mask=None, **kw):
-  apply = jax.jit(functools_partial(models.build(cfg).apply, **kw))
-  mask = None if mask is None else jnp.asarray(mask)
-  return np.asarray(apply({"params": params}, jnp.asarray(ids), attention_mask=mask))
-
-
-def functools_partial(fn, **kw):
-  return (lambda *a, **k: fn(*a, **kw, **k)) if kw else fn
-
-
-def cached_logits(cfg, params, ids, prefill):
-  step = jax.jit(models.step_fn(cfg, params))
-  cache = models.init_cache(cfg, ids.shape[0], ids.shape[1])
-  logits, cache = step(jnp.asarray(ids[:, :prefill]), cache)
-  out = [logits]
-  for t in range(prefill, ids.shape[1]):
-    logits, cache = step(jnp.asarray(ids[:, t:t + 1]), cache)
-    out.append(logits)
-  return np.concatenate([np.asarray(x) for x in out], axis=1)
+ours = test_convert_llama.bigjax_logits  # The jitted, non-cached forward.
+cached_logits = test_convert_llama.cached_logits  # A prefill chunk, then one token at a time through the KV cache.
 
 
 def test_logits_match_cache_and_round_trip(case, tmp_path):

@@ -3,7 +3,6 @@
 optimizer holds state for the adapters only, merged and unmerged logits agree, to_hf gives a model whose
 greedy `generate` equals bigjax's; adapter dropout; bad targets named."""
 
-import dataclasses
 import json
 import math
 import os
@@ -17,8 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import tiny_config  # noqa: E402
-from bigjax import checkpoint as ckpt_lib  # noqa: E402
+from conftest import checkpoint_params as raw_params, tiny_config  # noqa: E402
 from bigjax import config as config_lib  # noqa: E402
 from bigjax import convert  # noqa: E402
 from bigjax import decode  # noqa: E402
@@ -71,16 +69,6 @@ def run(tmp_path_factory):
 def read(workdir, kind):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [r for r in map(json.loads, f) if r["split"] == kind]
-
-
-def raw_params(workdir, step):
-  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
-  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                                  ckpt.param_metadata(step))
-  params = jax.device_get(ckpt.restore_params(step, target))
-  ckpt.close()
-  return params
 
 
 def test_adapters_learn_while_the_base_stays_bitwise(run):

@@ -14,8 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import cut_after, tiny_config
-from bigjax import checkpoint as ckpt_lib
+from conftest import checkpoint_params, cut_after, tiny_config
 from bigjax import prune
 from bigjax import train
 from bigjax.config import ConfigError
@@ -75,13 +74,7 @@ def _cfg(text_file, **kw):
 
 
 def _params(workdir, step):
-  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
-  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                                  ckpt.param_metadata(step))
-  out = flat(jax.device_get(ckpt.restore_params(step, target)))
-  ckpt.close()
-  return out
+  return flat(checkpoint_params(workdir, step))
 
 
 @pytest.mark.parametrize("kind", ["magnitude", "n:m"])

@@ -92,6 +92,21 @@ def context_length(mcfg: ModelConfig, max_len: int | None = None) -> int:
   return int(max_len) if max_len else mcfg.max_len
 
 
+def _checked_pair(mcfg: ModelConfig, prompt, cont, limit: int, where: str) -> tuple[list[int], int]:
+  """(prompt + continuation ids, the prompt's length) after the checks every scored pair passes, the prompt
+  cut from the left to fit `limit` positions (it keeps ≥ 1 token: len(cont) <= limit)."""
+  prompt, cont = [int(t) for t in prompt], [int(t) for t in cont]
+  if not prompt or not cont:
+    raise ValueError(f"{where}: the prompt and the continuation need a token each (got {len(prompt)} and {len(cont)})")
+  if len(cont) > limit:
+    raise ValueError(f"{where}: the continuation has {len(cont)} tokens; at most max_len={limit} fit")
+  bad = [t for t in prompt + cont if not 0 <= t < mcfg.vocab_size]
+  if bad:
+    raise ValueError(f"{where}: id {bad[0]} is outside the model's vocabulary (0..{mcfg.vocab_size - 1})")
+  prompt = prompt[-(limit + 1 - len(cont)):]
+  return prompt + cont, len(prompt)
+
+
 def score_continuations(mcfg: ModelConfig, params, prompts_ids: Sequence[Sequence[int]],
                         continuations_ids: Sequence[Sequence[int]], *, batch_size: int = 16,
                         max_len: int | None = None, pad_id: int = 0) -> np.ndarray:
@@ -115,19 +130,8 @@ def score_continuations(mcfg: ModelConfig, params, prompts_ids: Sequence[Sequenc
   if batch_size <= 0:
     raise ValueError(f"batch_size={batch_size}: must be positive")
   limit = context_length(mcfg, max_len)
-  rows = []
-  for i, (prompt, cont) in enumerate(zip(prompts_ids, continuations_ids)):
-    prompt, cont = [int(t) for t in prompt], [int(t) for t in cont]
-    if not prompt or not cont:
-      raise ValueError(f"example {i}: the prompt and the continuation need a token each "
-                       f"(got {len(prompt)} and {len(cont)})")
-    if len(cont) > limit:
-      raise ValueError(f"example {i}: the continuation has {len(cont)} tokens; at most max_len={limit} fit")
-    bad = [t for t in prompt + cont if not 0 <= t < mcfg.vocab_size]
-    if bad:
-      raise ValueError(f"example {i}: id {bad[0]} is outside the model's vocabulary (0..{mcfg.vocab_size - 1})")
-    prompt = prompt[-(limit + 1 - len(cont)):]  # ≥ 1 token: len(cont) <= limit.
-    rows.append((prompt + cont, len(prompt)))
+  rows = [_checked_pair(mcfg, prompt, cont, limit, f"example {i}")
+          for i, (prompt, cont) in enumerate(zip(prompts_ids, continuations_ids))]
   out = np.zeros(len(rows), np.float64)
   score = _scorer(mcfg)
   # Similar lengths together: less padding, and each padded length compiles once.
@@ -203,21 +207,8 @@ def score_label_sets(mcfg: ModelConfig, params, prompts_ids: Sequence[Sequence[S
     if len(prompts) != n_labels or len(conts) != n_labels or not n_labels:
       raise ValueError(f"query {i}: {len(prompts)} prompts and {len(conts)} continuations; every query needs "
                        f"the same number of labels as the first ({n_labels}, at least one)")
-    seqs = []
-    for j, (prompt, cont) in enumerate(zip(prompts, conts)):
-      prompt, cont = [int(t) for t in prompt], [int(t) for t in cont]
-      if not prompt or not cont:
-        raise ValueError(f"query {i}, label {j}: the prompt and the continuation need a token each "
-                         f"(got {len(prompt)} and {len(cont)})")
-      if len(cont) > limit:
-        raise ValueError(f"query {i}, label {j}: the continuation has {len(cont)} tokens; at most "
-                         f"max_len={limit} fit")
-      bad = [t for t in prompt + cont if not 0 <= t < mcfg.vocab_size]
-      if bad:
-        raise ValueError(f"query {i}, label {j}: id {bad[0]} is outside the model's vocabulary "
-                         f"(0..{mcfg.vocab_size - 1})")
-      prompt = prompt[-(limit + 1 - len(cont)):]  # As score_continuations cuts it.
-      seqs.append((prompt + cont, len(prompt)))
+    seqs = [_checked_pair(mcfg, prompt, cont, limit, f"query {i}, label {j}")
+            for j, (prompt, cont) in enumerate(zip(prompts, conts))]
     inputs = [seq[:-1] for seq, _ in seqs]
     shared = _common_prefix(inputs)
     ids, positions, branches = list(inputs[0][:shared]), list(range(shared)), [0] * shared
