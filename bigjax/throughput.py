@@ -18,6 +18,7 @@ for a GPT-2 small step on an H200.)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Sequence
 
@@ -119,15 +120,19 @@ def measure_matmul_peak(dtype: Any = "float32", device: Any = None, *, size: int
                         repeats: int = 200, budget_s: float = 0.5) -> float:
   """FLOP/s of a jitted square `jnp.dot` of `dtype` on `device`: the best of up to `repeats` timed runs
   after a warm-up, stopping once `budget_s` is spent (the best run is the one least disturbed by other
-  work on the machine). `size` 0 picks 512 on CPU (the fastest size per FLOP on a 2-core machine, f32
-  and bf16) and 8192 on accelerators (large enough that launch overhead is noise)."""
+  work on the machine). `size` 0 picks, on CPU, the fastest size per FLOP measured on a 2-core machine
+  (512 for float32: 0.30 TFLOP/s; 1024 for bf16: 1.6, where 512 gave 1.0) and 8192 on accelerators
+  (large enough that launch overhead is noise). bfloat16/float16 are multiplied as the models multiply
+  them (`bigjax.models.layers.dot_general`): float32 accumulation and result, which is also the fast path
+  of XLA's CPU runtime on AMX/AVX512-BF16 CPUs."""
   dtype = _dtype_name(dtype)
   device = device or jax.devices()[0]
-  n = size or (512 if device.platform == "cpu" else 8192)
+  low = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  n = size or ((1024 if low else 512) if device.platform == "cpu" else 8192)
   # Random, not constant, data: GPUs multiply zeros and ones faster (less switching power).
   x = np.random.default_rng(0).standard_normal((n, n), np.float32).astype(jnp.dtype(dtype))
   x = jax.device_put(x, device)
-  dot = jax.jit(jnp.dot)
+  dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32 if low else None))
   dot(x, x).block_until_ready()  # Compile and warm up.
   best, start = float("inf"), time.perf_counter()
   for _ in range(repeats):

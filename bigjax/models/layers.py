@@ -47,6 +47,66 @@ def param_init(init, names):
   return nn.with_logical_partitioning(init, names)
 
 
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _dims_spec(lhs_ndim: int, rhs_ndim: int, dims) -> tuple[str, str, str]:
+  """An einsum spec equal to `lax.dot_general(lhs, rhs, dims)`'s (batch axes, lhs free, rhs free order)."""
+  (lc, rc), (lb, rb) = dims
+  letters = iter("abcdefghijklmnopqrstuvwxyz")
+  lhs, rhs = [""] * lhs_ndim, [""] * rhs_ndim
+  for i, j in zip(lb, rb):
+    lhs[i] = rhs[j] = next(letters)
+  for i, j in zip(lc, rc):
+    lhs[i] = rhs[j] = next(letters)
+  for spec in (lhs, rhs):
+    for i, c in enumerate(spec):
+      spec[i] = c or next(letters)
+  out = [lhs[i] for i in lb] + [c for i, c in enumerate(lhs) if i not in lb and i not in lc]
+  out += [c for i, c in enumerate(rhs) if i not in rb and i not in rc]
+  return "".join(lhs), "".join(rhs), "".join(out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _accumulate_f32(a: Array, b: Array, spec: tuple[str, str, str]) -> Array:
+  return jnp.einsum(f"{spec[0]},{spec[1]}->{spec[2]}", a, b, preferred_element_type=jnp.float32)
+
+
+def _accumulate_f32_fwd(a, b, spec):
+  return _accumulate_f32(a, b, spec), (a, b)
+
+
+def _accumulate_f32_bwd(spec, res, g):
+  a, b = res
+  g = g.astype(a.dtype)  # The cotangent is rounded once, as a low-precision matmul's output would be.
+  x, y, z = spec
+  da = jnp.einsum(f"{z},{y}->{x}", g, b, preferred_element_type=jnp.float32).astype(a.dtype)
+  db = jnp.einsum(f"{x},{z}->{y}", a, g, preferred_element_type=jnp.float32).astype(b.dtype)
+  return da, db
+
+
+_accumulate_f32.defvjp(_accumulate_f32_fwd, _accumulate_f32_bwd)
+
+
+def _low_precision(a, b) -> bool:
+  return (isinstance(a, jax.Array) and isinstance(b, jax.Array) and a.dtype in _LOW_PRECISION
+          and b.dtype == a.dtype)
+
+
+def dot_general(lhs: Array, rhs: Array, dimension_numbers) -> Array:
+  """`lax.dot_general`, except that two bfloat16/float16 operands are multiplied with float32 accumulation
+  and a **float32** result (the caller rounds it, after adding a bias in float32), in the forward pass and
+  in both gradients: a custom VJP, because JAX's own transpose would contract the float32 cotangent with
+  the low-precision operand, i.e. in float32. The numbers are those of a low-precision matmul on the
+  accelerators (float32 accumulation, one rounding); on CPUs with AMX/AVX512-BF16 it is also XLA's fast
+  path: a bf16 x bf16 -> f32 dot ran at 1.5-1.8 TFLOP/s on this project's CPU where bf16 -> bf16 and
+  f32 dots ran at 0.26-0.33 (`experiments/benchmarks/train_step.py` header). Every other dtype (float32,
+  Qwix's quantized arrays) goes to `lax.dot_general` unchanged."""
+  if _low_precision(lhs, rhs):
+    return _accumulate_f32(lhs, rhs, _dims_spec(lhs.ndim, rhs.ndim, dimension_numbers))
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers)
+
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -133,14 +193,15 @@ class Dense(nn.Module):
     kernel = self.param("kernel", param_init(normal(self.init_std), self.in_names + self.out_names),
                         in_shape + tuple(self.features), dtype_of(self.param_dtype))
     dt = dtype_of(self.dtype)
-    contract = lambda a, w, n: jax.lax.dot_general(a, w, ((tuple(range(a.ndim - n, a.ndim)), tuple(range(n))),
-                                                          ((), ())))
+    contract = lambda a, w, n: dot_general(a, w, ((tuple(range(a.ndim - n, a.ndim)), tuple(range(n))), ((), ())))
     # Cast only when needed: a quantized kernel (bigjax.quantize: Qwix's int8 arrays) arrives as it is.
+    # In bfloat16/float16 `dot_general` returns float32: the bias (and LoRA's update) is added before the
+    # one rounding to `dtype`.
     y = contract(x.astype(dt), kernel if kernel.dtype == dt else kernel.astype(dt), n_in)
     if self.use_bias:
       bias = self.param("bias", param_init(nn.initializers.zeros, self.out_names), tuple(self.features),
                         dtype_of(self.param_dtype))
-      y = y + bias.astype(dt)
+      y = y + bias.astype(y.dtype)
     if self.lora is not None and self.lora.applies(self.scope.path):
       r = self.lora.rank
       bound = math.prod(in_shape) ** -0.5
@@ -150,9 +211,9 @@ class Dense(nn.Module):
       b = self.param("lora_b", param_init(nn.initializers.zeros, ("lora_rank",) + self.out_names),
                      (r,) + tuple(self.features), dtype_of(self.param_dtype))
       h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic) if self.lora.dropout else x
-      h = contract(h.astype(dt), a.astype(dt), n_in)
-      y = y + contract(h, b.astype(dt), 1) * jnp.asarray(self.lora.alpha / r, dt)
-    return y
+      h = contract(h.astype(dt), a.astype(dt), n_in).astype(dt)
+      y = y + contract(h, b.astype(dt), 1) * jnp.asarray(self.lora.alpha / r, y.dtype)
+    return y.astype(dt)
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, offset=0, window: int = 0) -> Array:
@@ -550,7 +611,8 @@ class Embed(nn.Module):
 
   def attend(self, x: Array) -> Array:
     dt = dtype_of(self.dtype)
-    return jnp.einsum("...d,vd->...v", x.astype(dt), self.embedding.astype(dt))
+    x = x.astype(dt)
+    return dot_general(x, self.embedding.astype(dt), (((x.ndim - 1,), (1,)), ((), ()))).astype(dt)
 
 
 class Block(nn.Module):

@@ -39,6 +39,7 @@ SHAPES = {  # name: (layers, d_model, heads, seq_len, batch); d_ff = 4 d_model, 
 }
 VOCAB = 8192
 FAMILIES = ("decoder", "llama", "encoder", "encoder_decoder")
+DTYPES = ("float32", "bfloat16")
 
 
 def hf_model(family: str, layers: int, d: int, heads: int, seq: int):
@@ -82,10 +83,12 @@ def time_steps(step, n: int) -> float:
   return statistics.median(times)
 
 
-def bigjax_step_seconds(cfg, params, batch: dict, n: int) -> float:
+def bigjax_step_seconds(cfg, params, batch: dict, n: int, dtype: str = "float32") -> float:
+  import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from bigjax import config as config_lib, models, optim, steps  # pylint: disable=g-import-not-at-top
+  cfg = dataclasses.replace(cfg, dtype=dtype)  # Compute dtype; params (and AdamW's state) stay float32.
   config = config_lib.default_config()
   config.model.update(cfg.to_dict())
   config.train.steps = 1000
@@ -103,17 +106,21 @@ def bigjax_step_seconds(cfg, params, batch: dict, n: int) -> float:
   return time_steps(step, n)
 
 
-def hf_step_seconds(model, family: str, batch: dict, n: int) -> float:
+def hf_step_seconds(model, family: str, batch: dict, n: int, dtype: str = "float32") -> float:
+  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   model.train()
+  # Mixed precision as PyTorch does it: float32 weights, the forward (and so the backward) under autocast.
+  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
   t = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v) for k, v in batch.items()}
 
   def step():
     opt.zero_grad(set_to_none=True)
     kw = {"decoder_input_ids": t["decoder_input_ids"]} if family == "encoder_decoder" else {}
-    logits = model(input_ids=t["inputs"], **kw).logits
-    xent = torch.nn.functional.cross_entropy(logits.flatten(0, 1), t["targets"].flatten(), reduction="none")
+    with autocast():
+      logits = model(input_ids=t["inputs"], **kw).logits
+    xent = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), t["targets"].flatten(), reduction="none")
     loss = (xent * t["weights"].flatten()).sum() / t["weights"].sum().clamp(min=1.0)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -128,9 +135,12 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=8, help="timed steps per case (median reported)")
   parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
   parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+  parser.add_argument("--dtypes", default=",".join(DTYPES),
+                      help=f"comma-separated compute dtypes, of {', '.join(DTYPES)} (weights stay float32)")
   args = parser.parse_args(argv)
-  families, shapes = args.families.split(","), args.shapes.split(",")
-  for name, allowed, what in ((families, FAMILIES, "--families"), (shapes, SHAPES, "--shapes")):
+  families, shapes, dtypes = args.families.split(","), args.shapes.split(","), args.dtypes.split(",")
+  for name, allowed, what in ((families, FAMILIES, "--families"), (shapes, SHAPES, "--shapes"),
+                              (dtypes, DTYPES, "--dtypes")):
     bad = [x for x in name if x not in allowed]
     if bad:
       parser.error(f"{what}: {', '.join(bad)} not among {', '.join(allowed)}")
@@ -143,11 +153,11 @@ def main(argv=None):
   transformers.utils.logging.disable_progress_bar()
   threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
-  peak = throughput.measure_matmul_peak("float32", budget_s=2.0)
-  print(f"float32 jnp.dot peak here: {peak / 1e12:.3f} TFLOP/s; torch threads {threads}; "
-        f"jax {jax.__version__}, torch {torch.__version__}; {n} timed steps a case")
+  peaks = {dt: throughput.measure_matmul_peak(dt, budget_s=2.0) for dt in dtypes}
+  print("jnp.dot peak here: " + ", ".join(f"{dt} {p / 1e12:.3f} TFLOP/s" for dt, p in peaks.items()) +
+        f"; torch threads {threads}; jax {jax.__version__}, torch {torch.__version__}; {n} timed steps a case")
   rows = []
-  for shape in shapes:
+  for shape, dtype in ((s, d) for d in dtypes for s in shapes):
     layers, d, heads, seq, batch_size = SHAPES[shape]
     for family in families:
       torch.manual_seed(0)
@@ -157,15 +167,15 @@ def main(argv=None):
         cfg, params = convert.from_hf(tmp)
       batch = make_batch(family, seq, batch_size)
       target_len = batch["targets"].shape[1] if family == "encoder_decoder" else None
-      ours = bigjax_step_seconds(cfg, params, batch, n)
-      theirs = hf_step_seconds(model, family, batch, n)
+      ours = bigjax_step_seconds(cfg, params, batch, n, dtype)
+      theirs = hf_step_seconds(model, family, batch, n, dtype)
       tokens = batch_size * seq
       flops = throughput.flops_per_step(cfg, batch_size, seq, target_len)
-      row = {"family": family, "shape": shape, "bigjax_tokens_per_s": round(tokens / ours, 1),
+      row = {"family": family, "shape": shape, "dtype": dtype, "bigjax_tokens_per_s": round(tokens / ours, 1),
              "hf_tokens_per_s": round(tokens / theirs, 1), "ratio_vs_hf": round(theirs / ours, 3),
-             "mfu": round(flops / ours / peak, 4)}
+             "mfu": round(flops / ours / peaks[dtype], 4)}
       rows.append(row)
-      print(f"{family:16s} {shape:5s}: bigjax {1000 * ours:8.1f} ms/step {row['bigjax_tokens_per_s']:10,.0f} tok/s "
+      print(f"{family:16s} {shape:5s} {dtype:8s}: bigjax {1000 * ours:8.1f} ms/step {row['bigjax_tokens_per_s']:10,.0f} tok/s "
             f"(MFU {100 * row['mfu']:.1f}%) | transformers {1000 * theirs:8.1f} ms/step "
             f"{row['hf_tokens_per_s']:10,.0f} tok/s | {row['ratio_vs_hf']:.2f}x", flush=True)
   print(json.dumps(rows))

@@ -1,0 +1,51 @@
+"""bigjax.models.layers.dot_general in bfloat16: float32 accumulation and result, the same in both gradients,
+against numpy in float64 on the rounded operands; float32 goes through lax.dot_general untouched."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigjax.models import layers
+
+CASES = [  # (lhs shape, rhs shape, dimension numbers): Dense's 1- and 2-axis contractions, a batched one.
+    ((3, 5, 16), (16, 24), (((2,), (0,)), ((), ()))),
+    ((2, 7, 4, 8), (4, 8, 12), (((2, 3), (0, 1)), ((), ()))),
+    ((4, 6, 8), (4, 8, 10), (((2,), (1,)), ((0,), (0,)))),
+]
+
+
+def _einsum_ref(a, b, dims):
+  return np.asarray(jax.lax.dot_general(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), dims,
+                                        precision=jax.lax.Precision.HIGHEST), np.float64)
+
+
+@pytest.mark.parametrize("lhs,rhs,dims", CASES)
+def test_bf16_dot_accumulates_in_float32_forward_and_backward(lhs, rhs, dims):
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.standard_normal(lhs), jnp.bfloat16)
+  b = jnp.asarray(rng.standard_normal(rhs), jnp.bfloat16)
+  out = layers.dot_general(a, b, dims)
+  assert out.dtype == jnp.float32
+  want = _einsum_ref(np.asarray(a, np.float64), np.asarray(b, np.float64), dims)
+  np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=1e-5, atol=1e-5)
+  # Gradients: the cotangent rounded to bf16 once, each gradient a float32-accumulated product rounded once.
+  g = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+  da, db = jax.vjp(lambda x, y: layers.dot_general(x, y, dims), a, b)[1](g)
+  assert da.dtype == db.dtype == jnp.bfloat16
+  ref_da, ref_db = jax.vjp(lambda x, y: jax.lax.dot_general(x, y, dims, precision=jax.lax.Precision.HIGHEST),
+                           jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))[1](
+                               g.astype(jnp.bfloat16).astype(jnp.float32))
+  for got, ref in ((da, ref_da), (db, ref_db)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref.astype(jnp.bfloat16)))
+
+
+def test_float32_is_lax_dot_general_unchanged():
+  rng = np.random.default_rng(1)
+  a, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((3, 5, 16), (16, 24)))
+  dims = (((2,), (0,)), ((), ()))
+  np.testing.assert_array_equal(layers.dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
+  f = lambda x, y: jnp.sum(jnp.sin(layers.dot_general(x, y, dims)))
+  g = lambda x, y: jnp.sum(jnp.sin(jax.lax.dot_general(x, y, dims)))
+  for got, ref in zip(jax.grad(f, (0, 1))(a, b), jax.grad(g, (0, 1))(a, b)):
+    np.testing.assert_array_equal(got, ref)
