@@ -28,6 +28,7 @@ import numpy as np
 
 from bigjax import devices
 from bigjax.config import ConfigError, ModelConfig
+from bigjax.models import layers
 
 # ------------------------------------------------------------------------------------ model FLOPs
 
@@ -127,7 +128,7 @@ def measure_matmul_peak(dtype: Any = "float32", device: Any = None, *, size: int
   of XLA's CPU runtime on AMX/AVX512-BF16 CPUs."""
   dtype = _dtype_name(dtype)
   device = device or jax.devices()[0]
-  low = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  low = jnp.dtype(dtype) in layers.LOW_PRECISION
   n = size or ((1024 if low else 512) if device.platform == "cpu" else 8192)
   # Random, not constant, data: GPUs multiply zeros and ones faster (less switching power).
   x = np.random.default_rng(0).standard_normal((n, n), np.float32).astype(jnp.dtype(dtype))

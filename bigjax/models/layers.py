@@ -47,7 +47,7 @@ def param_init(init, names):
   return nn.with_logical_partitioning(init, names)
 
 
-_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))  # Multiplied by `dot_general` in float32.
 
 
 def _dims_spec(lhs_ndim: int, rhs_ndim: int, dims) -> tuple[str, str, str]:
@@ -89,7 +89,7 @@ _accumulate_f32.defvjp(_accumulate_f32_fwd, _accumulate_f32_bwd)
 
 
 def _low_precision(a, b) -> bool:
-  return (isinstance(a, jax.Array) and isinstance(b, jax.Array) and a.dtype in _LOW_PRECISION
+  return (isinstance(a, jax.Array) and isinstance(b, jax.Array) and a.dtype in LOW_PRECISION
           and b.dtype == a.dtype)
 
 
@@ -100,7 +100,7 @@ def dot_general(lhs: Array, rhs: Array, dimension_numbers) -> Array:
   the low-precision operand, i.e. in float32. The numbers are those of a low-precision matmul on the
   accelerators (float32 accumulation, one rounding); on CPUs with AMX/AVX512-BF16 it is also XLA's fast
   path: a bf16 x bf16 -> f32 dot ran at 1.5-1.8 TFLOP/s on this project's CPU where bf16 -> bf16 and
-  f32 dots ran at 0.26-0.33 (`experiments/benchmarks/train_step.py` header). Every other dtype (float32,
+  f32 dots ran at 0.26-0.33 (README, Speed: mixed precision). Every other dtype (float32,
   Qwix's quantized arrays) goes to `lax.dot_general` unchanged."""
   if _low_precision(lhs, rhs):
     return _accumulate_f32(lhs, rhs, _dims_spec(lhs.ndim, rhs.ndim, dimension_numbers))

@@ -7,7 +7,9 @@ r"""Train-step speed: bigjax against transformers' PyTorch models, every family,
 Each case is one architecture built twice with the same random weights: a transformers model from its
 config (`GPT2LMHeadModel`, `LlamaForCausalLM`, `BertForMaskedLM`, `T5ForConditionalGeneration` with
 T5 v1.1's gated GELU and untied head), saved, and converted with `bigjax.convert.from_hf`, so both sides
-compute exactly the same function. Both train in float32 without dropout on the same random batch:
+compute exactly the same function. Both train without dropout on the same random batch, in float32 and
+(`--dtypes`) in bfloat16 mixed precision — float32 weights and AdamW state, bigjax with `model.dtype=
+bfloat16`, PyTorch with the forward under `torch.autocast("cpu", torch.bfloat16)`:
 cross-entropy averaged over the weighted target tokens (every position for the language models, 15% of
 positions for BERT's masked LM, all targets for T5, whose targets are a quarter of the inputs' length, as
 span corruption's are), gradient clipping at norm 1, AdamW. bigjax runs its own jitted train step
@@ -18,8 +20,8 @@ A step's time is the median of `--steps` timed whole steps after 2 warm-up steps
 bigjax), each ended by a device sync (`block_until_ready`; PyTorch on CPU is synchronous). Tokens are
 batch x input length for every family (T5's convention: the targets' FLOPs are counted, their tokens
 are not). MFU is bigjax's model FLOPs (`bigjax.throughput.flops_per_step`) per second over the peak of
-a float32 `jnp.dot` measured here first. The last line is one JSON list of
-{"family", "shape", "bigjax_tokens_per_s", "hf_tokens_per_s", "ratio_vs_hf", "mfu"}.
+a `jnp.dot` of the case's dtype measured here first (`throughput.measure_matmul_peak`). The last line is
+one JSON list of {"family", "shape", "dtype", "bigjax_tokens_per_s", "hf_tokens_per_s", "ratio_vs_hf", "mfu"}.
 """
 
 from __future__ import annotations
