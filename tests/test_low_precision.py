@@ -1,5 +1,6 @@
 """bigjax.models.layers.dot_general in bfloat16: float32 accumulation and result, the same in both gradients,
-against numpy in float64 on the rounded operands; float32 goes through lax.dot_general untouched."""
+against numpy in float64 on the rounded operands; float32 gives lax.dot_general's numbers bit for bit; and
+`materialize`, the CPU fusion barrier both use in the backward pass, changes no bit."""
 
 import jax
 import jax.numpy as jnp
@@ -49,3 +50,21 @@ def test_float32_is_lax_dot_general_unchanged():
   g = lambda x, y: jnp.sum(jnp.sin(jax.lax.dot_general(x, y, dims)))
   for got, ref in zip(jax.grad(f, (0, 1))(a, b), jax.grad(g, (0, 1))(a, b)):
     np.testing.assert_array_equal(got, ref)
+
+
+def test_materialize_is_exact_and_stays_a_buffer_on_cpu():
+  """`materialize` returns its input bit for bit (NaN, -0, inf; f32 and bf16), its gradient is the
+  identity, and on CPU the compiled program keeps the conditional that stops XLA fusing across it (if XLA
+  learned to fold it, the train step would silently lose the speed it buys)."""
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jnp.array([[np.nan, -0.0, 2.5], [np.inf, -np.inf, 1e-30]], dtype)
+    y = jax.jit(layers.materialize)(x)
+    np.testing.assert_array_equal(np.asarray(y, np.float32).view(np.uint32), np.asarray(x, np.float32).view(np.uint32))
+  rng = np.random.default_rng(2)
+  a, b = (jnp.asarray(rng.standard_normal((64, 48)), jnp.float32) for _ in range(2))
+  chain = lambda a, b: jnp.tanh(a * b + (1 - a))
+  f = jax.jit(lambda a, b: layers.materialize(chain(a, b)).T)
+  np.testing.assert_array_equal(f(a, b), jax.jit(lambda a, b: chain(a, b).T)(a, b))
+  assert "conditional" in f.lower(a, b).compile().as_text()
+  g = jax.grad(lambda a: jnp.sum(jnp.sin(layers.materialized_grad(chain(a, b)))))(a)
+  np.testing.assert_array_equal(g, jax.grad(lambda a: jnp.sum(jnp.sin(chain(a, b))))(a))

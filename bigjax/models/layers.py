@@ -67,9 +67,73 @@ def _dims_spec(lhs_ndim: int, rhs_ndim: int, dims) -> tuple[str, str, str]:
   return "".join(lhs), "".join(rhs), "".join(out)
 
 
+def _einsum_f32(x: Array, y: Array, spec: tuple[str, str, str]) -> Array:
+  """`einsum(x, y)` with float32 accumulation and result. On CPU, a product whose `x` has a single row (every
+  free axis of size 1: a decoding step at batch 1) goes to XLA's matrix-vector emitter, which has no fast
+  bf16 path (10x slower than two rows on this project's CPU: the output layer of GPT-2 small 63 ms against
+  5.7 ms), so there it is computed with a zero row added and that row dropped from the result."""
+  xs, ys, out = spec
+  product = lambda a: jnp.einsum(f"{xs},{ys}->{out}", a, y, preferred_element_type=jnp.float32)
+  free = [i for i, c in enumerate(xs) if c not in ys]
+  wide = math.prod(n for c, n in zip(ys, y.shape) if c not in xs) > 1
+  if not free or not wide or any(x.shape[i] != 1 for i in free):
+    return product(x)
+
+  def two_rows(a):
+    axis, kept = free[0], out.index(xs[free[0]])
+    return jax.lax.slice_in_dim(product(jnp.concatenate([a, jnp.zeros_like(a)], axis)), 0, 1, axis=kept)
+
+  return jax.lax.platform_dependent(x, cpu=two_rows, default=product)
+
+
+def materialize(x: Array) -> Array:
+  """`x` unchanged, computed once into a buffer of its own on CPU, where XLA's fusion otherwise recomputes a
+  chain of cheap elementwise producers inside every consumer, transposing copies included: a weight
+  gradient's operand then re-evaluates its whole chain in transposed (cache-hostile) order, and an unrolled
+  stack's residual-stream gradient is rebuilt from the top of the stack at every layer (O(layers^2) work).
+  Profiled on the float32 train step (README, Speed): 0.7-1.0 s of a 3.4 s decoder step in such copies.
+  The buffer comes from a conditional whose branches both return `x` (`x * 1` is exact for every float);
+  XLA cannot fuse across it, and removes one whose branches are the same computation, hence the `* 1`.
+  (`lax.optimization_barrier` is removed on CPU before fusion.) Other backends get `x` as it is."""
+  def barrier(v):
+    first = v[(0,) * v.ndim]  # One element (under a mesh, a scalar collective, not a reshard of `v`).
+    return jax.lax.cond(jnp.isnan(first), lambda u: u * 1, lambda u: u, v)
+
+  if not isinstance(x, jax.Array) or x.size == 0:
+    return x
+  return jax.lax.platform_dependent(x, cpu=barrier, default=lambda v: v)
+
+
+@jax.custom_vjp
+def materialized_grad(x: Array) -> Array:
+  """The identity, whose gradient is `materialize`d: put on the residual stream after each sublayer, the
+  stream's gradient is computed once per sublayer instead of once per consumer."""
+  return x
+
+
+materialized_grad.defvjp(lambda x: (x, None), lambda _, g: (materialize(g),))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dot_materialized(a: Array, b: Array, dims) -> Array:
+  return jax.lax.dot_general(a, b, dims)
+
+
+def _dot_materialized_fwd(a, b, dims):
+  return jax.lax.dot_general(a, b, dims), (a, b)
+
+
+def _dot_materialized_bwd(dims, res, g):
+  a, b = res  # JAX's own transpose of the product, with the cotangent and the activation materialized.
+  return jax.vjp(lambda x, y: jax.lax.dot_general(x, y, dims), materialize(a), b)[1](materialize(g))
+
+
+_dot_materialized.defvjp(_dot_materialized_fwd, _dot_materialized_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _accumulate_f32(a: Array, b: Array, spec: tuple[str, str, str]) -> Array:
-  return jnp.einsum(f"{spec[0]},{spec[1]}->{spec[2]}", a, b, preferred_element_type=jnp.float32)
+  return _einsum_f32(a, b, spec)
 
 
 def _accumulate_f32_fwd(a, b, spec):
@@ -78,10 +142,11 @@ def _accumulate_f32_fwd(a, b, spec):
 
 def _accumulate_f32_bwd(spec, res, g):
   a, b = res
-  g = g.astype(a.dtype)  # The cotangent is rounded once, as a low-precision matmul's output would be.
+  a = materialize(a)
+  g = materialize(g.astype(a.dtype))  # Rounded once, as a low-precision matmul's output would be.
   x, y, z = spec
-  da = jnp.einsum(f"{z},{y}->{x}", g, b, preferred_element_type=jnp.float32).astype(a.dtype)
-  db = jnp.einsum(f"{x},{z}->{y}", a, g, preferred_element_type=jnp.float32).astype(b.dtype)
+  da = _einsum_f32(g, b, (z, y, x)).astype(a.dtype)
+  db = _einsum_f32(a, g, (x, z, y)).astype(b.dtype)
   return da, db
 
 
@@ -100,10 +165,14 @@ def dot_general(lhs: Array, rhs: Array, dimension_numbers) -> Array:
   the low-precision operand, i.e. in float32. The numbers are those of a low-precision matmul on the
   accelerators (float32 accumulation, one rounding); on CPUs with AMX/AVX512-BF16 it is also XLA's fast
   path: a bf16 x bf16 -> f32 dot ran at 1.5-1.8 TFLOP/s on this project's CPU where bf16 -> bf16 and
-  f32 dots ran at 0.26-0.33 (README, Speed: mixed precision). Every other dtype (float32,
-  Qwix's quantized arrays) goes to `lax.dot_general` unchanged."""
+  f32 dots ran at 0.26-0.33 (README, Speed: mixed precision). float32 products are `lax.dot_general`'s,
+  forward and backward, bit for bit; only their backward pass `materialize`s the cotangent and the
+  activation before the two gradient products. Other dtypes (Qwix's quantized arrays) go to
+  `lax.dot_general` unchanged."""
   if _low_precision(lhs, rhs):
     return _accumulate_f32(lhs, rhs, _dims_spec(lhs.ndim, rhs.ndim, dimension_numbers))
+  if isinstance(lhs, jax.Array) and isinstance(rhs, jax.Array) and lhs.dtype == rhs.dtype == jnp.float32:
+    return _dot_materialized(lhs, rhs, dimension_numbers)
   return jax.lax.dot_general(lhs, rhs, dimension_numbers)
 
 
@@ -636,8 +705,8 @@ class Block(nn.Module):
 
     def sublayer(name: str, fn, x):
       if cfg.norm_position == "post":
-        return norm(cfg, f"ln_{name}")(x + drop(fn(x)))
-      return x + drop(fn(norm(cfg, f"ln_{name}")(x)))
+        return materialized_grad(norm(cfg, f"ln_{name}")(x + drop(fn(x))))
+      return materialized_grad(x + drop(fn(norm(cfg, f"ln_{name}")(x))))
 
     attn = Attention(cfg, decode=self.decode, causal=self.causal, lora=self.lora, name="attention")
     x = sublayer("attention", lambda h: attn(h, h, mask, bias, positions, None, cache_index,
