@@ -13,6 +13,9 @@ CASES = [  # (lhs shape, rhs shape, dimension numbers): Dense's 1- and 2-axis co
     ((3, 5, 16), (16, 24), (((2,), (0,)), ((), ()))),
     ((2, 7, 4, 8), (4, 8, 12), (((2, 3), (0, 1)), ((), ()))),
     ((4, 6, 8), (4, 8, 10), (((2,), (1,)), ((0,), (0,)))),
+    # One row (a decoding step at batch 1; on CPU computed with a zero row added): Dense and the tied output.
+    ((1, 1, 16), (16, 24), (((2,), (0,)), ((), ()))),
+    ((1, 1, 16), (24, 16), (((2,), (1,)), ((), ()))),
 ]
 
 
