@@ -94,12 +94,14 @@ def materialize(x: Array) -> Array:
   Profiled on the float32 train step (README, Speed): 0.7-1.0 s of a 3.4 s decoder step in such copies.
   The buffer comes from a conditional whose branches both return `x` (`x * 1` is exact for every float);
   XLA cannot fuse across it, and removes one whose branches are the same computation, hence the `* 1`.
-  (`lax.optimization_barrier` is removed on CPU before fusion.) Other backends get `x` as it is."""
+  (`lax.optimization_barrier` is removed on CPU before fusion.) Other backends get `x` as it is, and so do
+  runs of several processes: reading the predicate's element of a sharded `x` is a collective, and on CPU
+  between processes each one is a round trip over the network, at every matmul's backward."""
   def barrier(v):
     first = v[(0,) * v.ndim]  # One element (under a mesh, a scalar collective, not a reshard of `v`).
     return jax.lax.cond(jnp.isnan(first), lambda u: u * 1, lambda u: u, v)
 
-  if not isinstance(x, jax.Array) or x.size == 0:
+  if not isinstance(x, jax.Array) or x.size == 0 or jax.process_count() > 1:
     return x
   return jax.lax.platform_dependent(x, cpu=barrier, default=lambda v: v)
 
