@@ -166,7 +166,7 @@ def test_t5_kv_cache_matches_full_forward(case):
     logits, cache = first(dec[:, :prefill], cache)
     cross = {k: v for k, v in traverse_util.flatten_dict(cache).items() if k[-1].startswith("cross_")}
     assert len(cross) == 2 * cfg.decoder_layers
-    assert all(v.shape == (rows, ENC_LEN, cfg.num_heads, cfg.kv_dim) for v in cross.values())
+    assert all(v.shape == (rows, cfg.num_heads, ENC_LEN, cfg.kv_dim) for v in cross.values())  # Heads-major.
     got = [logits]
     for i in range(prefill, DEC_LEN):
       logits, cache = later(dec[:, i:i + 1], cache)

@@ -252,6 +252,64 @@ def test_xla_attention_decodes_like_the_plain_path():
     assert out["xla"] == out["plain"], out
 
 
+@pytest.mark.parametrize("features,in_shape", [((24,), (16,)), ((16,), (4, 8))])  # Attention's out: two in axes.
+def test_a_decoding_steps_product_reads_the_kernel_out_major_and_equals_the_plain_one(features, in_shape):
+  """With decode=True, a product of 2..STEP_ROWS rows with one position each (a decoding step) runs with
+  the kernel transposed (materialized: a conditional in the CPU program) and gives the plain product's
+  numbers; one row, more rows, several positions (a prefill) and bfloat16 keep the plain product."""
+  from bigjax.models import layers  # pylint: disable=g-import-not-at-top
+  names = tuple(f"in{i}" for i in range(len(in_shape)))
+  for rows, length, dtype in [(2, 1, "float32"), (8, 1, "float32"), (layers.STEP_ROWS, 1, "float32"),
+                              (1, 1, "float32"), (layers.STEP_ROWS + 1, 1, "float32"), (4, 3, "float32"),
+                              (4, 1, "bfloat16")]:
+    x = jax.random.normal(jax.random.PRNGKey(rows), (rows, length) + in_shape, jnp.float32).astype(dtype)
+    dense = lambda decode: layers.Dense(features, names, ("out",), dtype=dtype, param_dtype=dtype, decode=decode)
+    params = dense(False).init(jax.random.PRNGKey(0), x)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # A nonzero bias.
+    want = jax.jit(dense(False).apply)(params, x)
+    step = jax.jit(dense(True).apply)
+    got = step(params, x)
+    assert got.shape == want.shape == (rows, length) + features and got.dtype == want.dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-5, atol=1e-5)
+    out_major = 2 <= rows <= layers.STEP_ROWS and length == 1 and dtype == "float32"
+    assert ("conditional(" in step.lower(params, x).compile().as_text()) == out_major, (rows, length, dtype)
+
+  table = layers.Embed(40, 16, ("vocab", "embed"))
+  emb = table.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
+  for rows in (1, 2, 8):
+    x = jax.random.normal(jax.random.PRNGKey(rows), (rows, 1, 16))
+    want = table.apply(emb, x, method=table.attend)
+    got = jax.jit(lambda e, x: table.apply(e, x, True, method=table.attend))(emb, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_decoding_loop_transposes_each_kernel_once_before_the_loop():
+  """XLA hoists the transposed kernels out of generate's while loop: the compiled program has one
+  conditional per kernel (2 layers x q, k, v, out, wi, wo) and none in the loop's body; the tied output
+  layer reads the embedding table as it is. Greedy tokens equal those of rows decoded one at a time
+  (one row: the plain product)."""
+  from bigjax import decode  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  params = nn.meta.unbox(jax.jit(models.build(CFG).init)(jax.random.PRNGKey(3), jnp.ones((1, 8), jnp.int32))["params"])
+  rows, prompt, new = 4, 3, 5
+  prompts = jax.random.randint(jax.random.PRNGKey(4), (rows, prompt), 1, CFG.vocab_size)
+
+  def run(p, ids):
+    cache = models.init_cache(CFG, ids.shape[0], prompt + new)
+    return decode.generate(models.step_fn(CFG, p), cache, ids, jnp.full((ids.shape[0],), prompt),
+                           jax.random.PRNGKey(0), max_new_tokens=new, eos_id=-1, pad_id=0, temperature=0.0,
+                           prefill_len=prompt)
+
+  hlo = jax.jit(run).lower(params, prompts).compile().as_text()
+  computations = {m.group(1): m.group(0) for m in re.finditer(r"(?ms)^(?:ENTRY )?%?([\w.\-]+) .*?^}", hlo)}
+  body = re.search(r"while\(.*?body=%?([\w.\-]+)", hlo).group(1)
+  assert hlo.count("conditional(") == CFG.num_layers * 6
+  assert "conditional(" not in computations[body]
+  together = np.asarray(jax.jit(run)(params, prompts))
+  alone = np.concatenate([np.asarray(jax.jit(run)(params, prompts[i:i + 1])) for i in range(rows)])
+  np.testing.assert_array_equal(together, alone)
+
+
 def test_attention_that_cannot_run_here_is_a_one_line_error():
   from bigjax.models import layers  # pylint: disable=g-import-not-at-top
   bf16 = dataclasses.replace(CFG, dtype="bfloat16")

@@ -101,10 +101,10 @@ class Decoder(nn.Module):
         x, mask, None, positions, None, None, index)
     x = layers.norm(cfg, "ln_final")(x)
     if cfg.tie_embeddings:
-      logits = tokens.attend(x)
+      logits = tokens.attend(x, decode=self.decode)
     else:
       logits = layers.Dense((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                             init_std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                            name="lm_head")(x)
+                            decode=self.decode, name="lm_head")(x)
     logits = layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits.astype(jnp.float32)

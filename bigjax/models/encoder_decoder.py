@@ -77,7 +77,7 @@ class EncoderDecoder(nn.Module):
     if not cfg.tie_embeddings:
       self.lm_head = layers.Dense((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                                   init_std=layers.kernel_std(cfg, cfg.d_model), dtype=cfg.dtype,
-                                  param_dtype=cfg.param_dtype)
+                                  param_dtype=cfg.param_dtype, decode=self.decode)
     self.encoder = EncoderStack(cfg, self.lora)
     self.decoder = DecoderStack(cfg, self.decode, self.lora)
 
@@ -106,7 +106,7 @@ class EncoderDecoder(nn.Module):
       cross_mask = layers.cross_segments(decoder_input_ids.shape, decoder_segment_ids, attention_mask, segment_ids)
     x = self.decoder(x, self_mask, encoded, cross_mask, deterministic)
     if cfg.tie_embeddings:
-      logits = self.token_embed.attend(x * jnp.asarray(cfg.d_model ** -0.5, x.dtype))
+      logits = self.token_embed.attend(x * jnp.asarray(cfg.d_model ** -0.5, x.dtype), decode=self.decode)
     else:
       logits = self.lm_head(x)
     logits = layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
