@@ -87,12 +87,14 @@ def _einsum_f32(x: Array, y: Array, spec: tuple[str, str, str]) -> Array:
 
 
 def materialize(x: Array, fn: Callable[[Array], Array] | None = None) -> Array:
-  """`x` unchanged (or `fn(x)`, computed inside the barrier: one pass, into the buffer), computed once into a buffer of its own on CPU, where XLA's fusion otherwise recomputes a
+  """`x` unchanged, computed once into a buffer of its own on CPU, where XLA's fusion otherwise recomputes a
   chain of cheap elementwise producers inside every consumer, transposing copies included: a weight
   gradient's operand then re-evaluates its whole chain in transposed (cache-hostile) order, and an unrolled
   stack's residual-stream gradient is rebuilt from the top of the stack at every layer (O(layers^2) work).
   Profiled on the float32 train step (README, Speed): 0.7-1.0 s of a 3.4 s decoder step in such copies.
-  The buffer comes from a conditional whose branches both return `x` (`x * 1` is exact for every float);
+  With `fn`, the buffer holds `fn(x)`, computed inside the barrier in one pass (a decoding step's
+  transposed kernels, `Dense`): without the barrier XLA moved those transposes into the decoding loop.
+  The buffer comes from a conditional whose branches both return `fn(x)` (`* 1` is exact for every float);
   XLA cannot fuse across it, and removes one whose branches are the same computation, hence the `* 1`.
   (`lax.optimization_barrier` is removed on CPU before fusion.) Other backends get `x` as it is, and so do
   runs of several processes: reading the predicate's element of a sharded `x` is a collective, and on CPU
