@@ -71,3 +71,21 @@ def test_materialize_is_exact_and_stays_a_buffer_on_cpu():
   assert "conditional" in f.lower(a, b).compile().as_text()
   g = jax.grad(lambda a: jnp.sum(jnp.sin(layers.materialized_grad(chain(a, b)))))(a)
   np.testing.assert_array_equal(g, jax.grad(lambda a: jnp.sum(jnp.sin(chain(a, b))))(a))
+
+
+@pytest.mark.parametrize("x_shape,vocab", [((3, 5, 16), 37), ((2, 7, 1, 24), 50), ((11, 8), 9)])
+def test_tied_output_layer_is_dot_general_with_its_gradients(x_shape, vocab):
+  """`project_onto_table` (the float32 tied output layer, whose backward computes the table's gradient as
+  `(x.T @ g).T`) gives `lax.dot_general`'s logits bit for bit and its gradients to float32 rounding, under
+  jit and eagerly, at batch ranks 1 to 3."""
+  rng = np.random.default_rng(3)
+  x, table, g = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                 for s in (x_shape, (vocab, x_shape[-1]), x_shape[:-1] + (vocab,)))
+  ref = lambda a, t: jax.lax.dot_general(a, t, (((a.ndim - 1,), (1,)), ((), ())))
+  np.testing.assert_array_equal(layers.project_onto_table(x, table), ref(x, table))
+  for wrap in (jax.jit, lambda f: f):
+    got = wrap(lambda a, t: jax.vjp(layers.project_onto_table, a, t)[1](g))(x, table)
+    want = jax.vjp(ref, x, table)[1](g)
+    for a, b in zip(got, want):
+      assert a.shape == b.shape and a.dtype == b.dtype == jnp.float32
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6 * float(jnp.abs(b).max()))

@@ -182,6 +182,36 @@ def dot_general(lhs: Array, rhs: Array, dimension_numbers) -> Array:
   return jax.lax.dot_general(lhs, rhs, dimension_numbers)
 
 
+@jax.custom_vjp
+def project_onto_table(x: Array, table: Array) -> Array:
+  """Logits of a tied output layer in float32, `x @ table.T` (`[..., E]` by `[V, E]`), as `lax.dot_general`
+  computes them, with a backward pass laid out for XLA's CPU matmuls: the table's gradient `g.T @ x`
+  (`[V, E]`, contracting every row of the batch) is computed as `(x.T @ g).T`, from a materialized `x.T`
+  into an `[E, V]` buffer transposed once, where JAX's own transpose had XLA copy the `[rows, V]`
+  cotangent transposed and run the product at a third of the speed. Same products, same sums: the
+  gradients equal `dot_general`'s to rounding, the losses of a run bit for bit. Paired A/B in one process
+  (README, Speed): the float32 train step 7% faster at the small shape (GPT-2 and BERT), 4% at the mid;
+  in bfloat16 the same layout was 5% slower, so low-precision logits keep `dot_general`'s."""
+  return jax.lax.dot_general(x, table, (((x.ndim - 1,), (1,)), ((), ())))
+
+
+def _project_fwd(x, table):
+  return project_onto_table(x, table), (x, table)
+
+
+def _project_bwd(res, g):
+  x, table = res
+  e, v = x.shape[-1], table.shape[0]
+  g = materialize(g.reshape(-1, v))
+  dx = jax.lax.dot_general(g, table, (((1,), (0,)), ((), ()))).reshape(x.shape)
+  x_t = materialize(x.reshape(-1, e), lambda r: r.T)  # [E, rows], row-major: the canonical left operand.
+  dtable = materialize(jax.lax.dot_general(x_t, g, (((1,), (0,)), ((), ()))), lambda t: t.T)
+  return dx, dtable
+
+
+project_onto_table.defvjp(_project_fwd, _project_bwd)
+
+
 STEP_ROWS = 64  # A decoding step's product of at most this many rows reads its weights out-major on CPU.
 
 
@@ -757,6 +787,8 @@ class Embed(nn.Module):
     x = x.astype(dt)
     table = self.embedding.astype(dt)
     product = lambda a, w: dot_general(a, w, (((a.ndim - 1,), (1,)), ((), ())))
+    if not decode and x.dtype == table.dtype == jnp.float32 and isinstance(table, jax.Array):
+      return project_onto_table(x, table).astype(dt)
     if decode and _step_weights(x, table, 1):
       return jax.lax.platform_dependent(x, table, cpu=lambda a, w: step_product(a, w, 1),
                                         default=product).astype(dt)
