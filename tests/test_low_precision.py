@@ -44,15 +44,26 @@ def test_bf16_dot_accumulates_in_float32_forward_and_backward(lhs, rhs, dims):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref.astype(jnp.bfloat16)))
 
 
-def test_float32_is_lax_dot_general_unchanged():
+@pytest.mark.parametrize("lhs,rhs,dims,dense_axes", [c + (n,) for c, n in zip(CASES, (1, 2, 0, 1, 0))])
+def test_float32_is_lax_dot_general_with_its_gradients(lhs, rhs, dims, dense_axes):
+  """float32 products are `lax.dot_general`'s bit for bit; their gradients are too where JAX's transpose
+  computes them, and equal to float32 rounding for `Dense`'s products (both gradients as row-major 2-D
+  products, the kernel's from a materialized `a.T`), under jit and eagerly."""
   rng = np.random.default_rng(1)
-  a, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((3, 5, 16), (16, 24)))
-  dims = (((2,), (0,)), ((), ()))
+  a, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (lhs, rhs))
   np.testing.assert_array_equal(layers.dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
-  f = lambda x, y: jnp.sum(jnp.sin(layers.dot_general(x, y, dims)))
-  g = lambda x, y: jnp.sum(jnp.sin(jax.lax.dot_general(x, y, dims)))
-  for got, ref in zip(jax.grad(f, (0, 1))(a, b), jax.grad(g, (0, 1))(a, b)):
-    np.testing.assert_array_equal(got, ref)
+  g = jnp.asarray(rng.standard_normal(jax.lax.dot_general(a, b, dims).shape), jnp.float32)
+  want = jax.vjp(lambda x, y: jax.lax.dot_general(x, y, dims), a, b)[1](g)
+  dense = layers._dense_form(a, b, dims)
+  assert dense == dense_axes  # Dense's 1- and 2-axis products; not batched ones, nor the tied output's.
+  for wrap in (jax.jit, lambda f: f):
+    got = wrap(lambda x, y: jax.vjp(lambda u, v: layers.dot_general(u, v, dims), x, y)[1](g))(a, b)
+    for x, y in zip(got, want):
+      assert x.shape == y.shape and x.dtype == y.dtype == jnp.float32
+      if dense:
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6 * float(jnp.abs(y).max()))
+      else:
+        np.testing.assert_array_equal(x, y)
 
 
 def test_materialize_is_exact_and_stays_a_buffer_on_cpu():
