@@ -44,18 +44,18 @@ def test_bf16_dot_accumulates_in_float32_forward_and_backward(lhs, rhs, dims):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref.astype(jnp.bfloat16)))
 
 
-@pytest.mark.parametrize("lhs,rhs,dims,dense_axes", [c + (n,) for c, n in zip(CASES, (1, 2, 0, 1, 0))])
+@pytest.mark.parametrize("lhs,rhs,dims,dense_axes", [c + (n,) for c, n in zip(CASES, (1, 2, 0, 1, 1))])
 def test_float32_is_lax_dot_general_with_its_gradients(lhs, rhs, dims, dense_axes):
   """float32 products are `lax.dot_general`'s bit for bit; their gradients are too where JAX's transpose
-  computes them, and equal to float32 rounding for `Dense`'s products (both gradients as row-major 2-D
-  products, the kernel's from a materialized `a.T`), under jit and eagerly."""
+  computes them, and equal to float32 rounding for `Dense`'s and the tied output layer's products (both
+  gradients as row-major 2-D products, the weights' from a materialized `a.T`), under jit and eagerly."""
   rng = np.random.default_rng(1)
   a, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (lhs, rhs))
   np.testing.assert_array_equal(layers.dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
   g = jnp.asarray(rng.standard_normal(jax.lax.dot_general(a, b, dims).shape), jnp.float32)
   want = jax.vjp(lambda x, y: jax.lax.dot_general(x, y, dims), a, b)[1](g)
   dense = layers._dense_form(a, b, dims)
-  assert dense == dense_axes  # Dense's 1- and 2-axis products; not batched ones, nor the tied output's.
+  assert dense == dense_axes  # Dense's 1- and 2-axis products and the tied output's; not batched ones.
   for wrap in (jax.jit, lambda f: f):
     got = wrap(lambda x, y: jax.vjp(lambda u, v: layers.dot_general(u, v, dims), x, y)[1](g))(a, b)
     for x, y in zip(got, want):
@@ -86,16 +86,19 @@ def test_materialize_is_exact_and_stays_a_buffer_on_cpu():
 
 @pytest.mark.parametrize("x_shape,vocab", [((3, 5, 16), 37), ((2, 7, 1, 24), 50), ((11, 8), 9)])
 def test_tied_output_layer_is_dot_general_with_its_gradients(x_shape, vocab):
-  """`project_onto_table` (the float32 tied output layer, whose backward computes the table's gradient as
-  `(x.T @ g).T`) gives `lax.dot_general`'s logits bit for bit and its gradients to float32 rounding, under
+  """The float32 tied output layer's product (`Embed.attend`: `[..., E]` by a `[V, E]` table, whose backward
+  computes the table's gradient as `(x.T @ g).T`) gives `lax.dot_general`'s logits bit for bit and its gradients to float32 rounding, under
   jit and eagerly, at batch ranks 1 to 3."""
   rng = np.random.default_rng(3)
   x, table, g = (jnp.asarray(rng.standard_normal(s), jnp.float32)
                  for s in (x_shape, (vocab, x_shape[-1]), x_shape[:-1] + (vocab,)))
-  ref = lambda a, t: jax.lax.dot_general(a, t, (((a.ndim - 1,), (1,)), ((), ())))
-  np.testing.assert_array_equal(layers.project_onto_table(x, table), ref(x, table))
+  dims = (((x.ndim - 1,), (1,)), ((), ()))
+  ref = lambda a, t: jax.lax.dot_general(a, t, dims)
+  tied = lambda a, t: layers.dot_general(a, t, dims)
+  assert layers._dense_form(x, table, dims) == 1
+  np.testing.assert_array_equal(tied(x, table), ref(x, table))
   for wrap in (jax.jit, lambda f: f):
-    got = wrap(lambda a, t: jax.vjp(layers.project_onto_table, a, t)[1](g))(x, table)
+    got = wrap(lambda a, t: jax.vjp(tied, a, t)[1](g))(x, table)
     want = jax.vjp(ref, x, table)[1](g)
     for a, b in zip(got, want):
       assert a.shape == b.shape and a.dtype == b.dtype == jnp.float32

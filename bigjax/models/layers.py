@@ -130,12 +130,13 @@ def _dot_materialized_fwd(a, b, dims):
 
 
 def _dense_form(a, b, dims) -> int:
-  """How many axes a product contracts when it is `Dense`'s (`a`'s trailing n axes with `b`'s leading n,
-  no batch axes, `b` with free axes of its own); 0 otherwise."""
+  """How many axes a product contracts when it is `Dense`'s or a tied output layer's: `a`'s trailing n
+  axes with `b`'s leading n (a kernel, `[*in, *out]`) or trailing n (a table, `[*out, *in]`), no batch
+  axes, `b` with free axes of its own; 0 otherwise."""
   (ca, cb), (ba, bb) = dims
   n = len(ca)
   dense = (not ba and not bb and 0 < n < a.ndim and n < b.ndim and tuple(ca) == tuple(range(a.ndim - n, a.ndim))
-           and tuple(cb) == tuple(range(n)))
+           and tuple(cb) in (tuple(range(n)), tuple(range(b.ndim - n, b.ndim))))
   return n if dense else 0
 
 
@@ -144,15 +145,19 @@ def _dot_materialized_bwd(dims, res, g):
   n = _dense_form(a, b, dims)
   if not n:  # JAX's own transpose of the product, with the cotangent and the activation materialized.
     return jax.vjp(lambda x, y: jax.lax.dot_general(x, y, dims), materialize(a), b)[1](materialize(g))
-  # Dense: both gradients as row-major 2-D products in the orientation XLA's CPU matmuls run fastest,
-  # the kernel's from a materialized `a.T` (`[in, rows]`), where JAX's transpose had XLA copy the
-  # `[rows, out]` cotangent transposed and multiply two transposed operands.
+  # Both gradients as row-major 2-D products in the orientation XLA's CPU matmuls run fastest, `b`'s from
+  # a materialized `a.T` (`[in, rows]`), where JAX's transpose had XLA copy the `[rows, out]` cotangent
+  # transposed and multiply two transposed operands; a table's (`[*out, *in]`) gradient is that
+  # `[in, out]` product, materialized transposed once.
+  out_major = tuple(dims[0][1]) != tuple(range(n))
   rows, inner = math.prod(a.shape[:-n]), math.prod(a.shape[-n:])
   g = materialize(g.reshape(rows, -1))
-  da = jax.lax.dot_general(g, b.reshape(inner, -1), (((1,), (1,)), ((), ()))).reshape(a.shape)
+  w = b.reshape((-1, inner) if out_major else (inner, -1))
+  da = jax.lax.dot_general(g, w, (((1,), (0 if out_major else 1,)), ((), ()))).reshape(a.shape)
   a_t = materialize(a.reshape(rows, inner), lambda r: r.T)
-  db = jax.lax.dot_general(a_t, g, (((1,), (0,)), ((), ()))).reshape(b.shape)
-  return da, db
+  db = jax.lax.dot_general(a_t, g, (((1,), (0,)), ((), ())))
+  db = materialize(db, lambda t: t.T) if out_major else db
+  return da, db.reshape(b.shape)
 
 
 _dot_materialized.defvjp(_dot_materialized_fwd, _dot_materialized_bwd)
@@ -194,46 +199,17 @@ def dot_general(lhs: Array, rhs: Array, dimension_numbers) -> Array:
   path: a bf16 x bf16 -> f32 dot ran at 1.5-1.8 TFLOP/s on this project's CPU where bf16 -> bf16 and
   f32 dots ran at 0.26-0.33 (README, Speed: mixed precision). float32 products are `lax.dot_general`'s
   bit for bit; their backward pass `materialize`s the cotangent and the activation before the two gradient
-  products, and for `Dense`'s products (`_dense_form`) computes both as row-major 2-D products, the
-  kernel's from `a.T` (gradients equal to rounding; a run's losses were bit for bit the same; paired A/B,
-  README, Speed: the float32 train step 0.72x the time for Llama at the small shape, 0.86x T5, 0.87-0.89x
-  GPT-2 and Llama at the mid, 0.97x GPT-2 and BERT small). Other dtypes (Qwix's quantized arrays) go to
+  products, and for `Dense`'s and the tied output layer's (`_dense_form`) computes both as row-major 2-D
+  products, the weights' from `a.T` (gradients equal to rounding; a run's losses were bit for bit the same;
+  paired A/B, README, Speed: the float32 train step 0.72x the time for Llama at the small shape, 0.86x T5,
+  0.87-0.89x GPT-2 and Llama at the mid, 0.93x GPT-2 and BERT small from the tied layer's form alone; in
+  bfloat16 the same layouts were 5-11% slower, so `_accumulate_f32` keeps its einsums). Other dtypes (Qwix's quantized arrays) go to
   `lax.dot_general` unchanged."""
   if _low_precision(lhs, rhs):
     return _accumulate_f32(lhs, rhs, _dims_spec(lhs.ndim, rhs.ndim, dimension_numbers))
   if isinstance(lhs, jax.Array) and isinstance(rhs, jax.Array) and lhs.dtype == rhs.dtype == jnp.float32:
     return _dot_materialized(lhs, rhs, dimension_numbers)
   return jax.lax.dot_general(lhs, rhs, dimension_numbers)
-
-
-@jax.custom_vjp
-def project_onto_table(x: Array, table: Array) -> Array:
-  """Logits of a tied output layer in float32, `x @ table.T` (`[..., E]` by `[V, E]`), as `lax.dot_general`
-  computes them, with a backward pass laid out for XLA's CPU matmuls: the table's gradient `g.T @ x`
-  (`[V, E]`, contracting every row of the batch) is computed as `(x.T @ g).T`, from a materialized `x.T`
-  into an `[E, V]` buffer transposed once, where JAX's own transpose had XLA copy the `[rows, V]`
-  cotangent transposed and run the product at a third of the speed. Same products, same sums: the
-  gradients equal `dot_general`'s to rounding, the losses of a run bit for bit. Paired A/B in one process
-  (README, Speed): the float32 train step 7% faster at the small shape (GPT-2 and BERT), 4% at the mid;
-  in bfloat16 the same layout was 5% slower, so low-precision logits keep `dot_general`'s."""
-  return jax.lax.dot_general(x, table, (((x.ndim - 1,), (1,)), ((), ())))
-
-
-def _project_fwd(x, table):
-  return project_onto_table(x, table), (x, table)
-
-
-def _project_bwd(res, g):
-  x, table = res
-  e, v = x.shape[-1], table.shape[0]
-  g = materialize(g.reshape(-1, v))
-  dx = jax.lax.dot_general(g, table, (((1,), (0,)), ((), ()))).reshape(x.shape)
-  x_t = materialize(x.reshape(-1, e), lambda r: r.T)  # [E, rows], row-major: the canonical left operand.
-  dtable = materialize(jax.lax.dot_general(x_t, g, (((1,), (0,)), ((), ()))), lambda t: t.T)
-  return dx, dtable
-
-
-project_onto_table.defvjp(_project_fwd, _project_bwd)
 
 
 STEP_ROWS = 64  # A decoding step's product of at most this many rows reads its weights out-major on CPU.
@@ -811,8 +787,6 @@ class Embed(nn.Module):
     x = x.astype(dt)
     table = self.embedding.astype(dt)
     product = lambda a, w: dot_general(a, w, (((a.ndim - 1,), (1,)), ((), ())))
-    if not decode and x.dtype == table.dtype == jnp.float32 and isinstance(table, jax.Array):
-      return project_onto_table(x, table).astype(dt)
     if decode and _step_weights(x, table, 1):
       return jax.lax.platform_dependent(x, table, cpu=lambda a, w: step_product(a, w, 1),
                                         default=product).astype(dt)
