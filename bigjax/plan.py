@@ -268,9 +268,13 @@ def _kept_weights(mcfg, layers: int, cross: bool, mesh_shape, fused: bool) -> fl
 
 
 def _loss_bytes(mcfg, dm: Dims, batch, mesh_shape, fused: bool) -> float:
-  """The loss phase: float32 logits (and a compute-dtype copy before the cast), their softmax and its
-  gradient (unrolled, XLA fuses the loss into the top of the backward pass and keeps the logits too);
-  under fsdp, the output embedding gathered and its gradient before the reduce-scatter."""
+  """The loss phase. Over a vocabulary with the batch on one device (`steps.weighted_xent` of a
+  `layers.Head`): one chunk's float32 logits and their cotangent (`steps.loss_chunk`; the softmax is
+  fused into the cotangent), with the float32 gradients of the output layer's input and weights. A
+  classifier's, and a vocabulary's on a mesh that splits the batch: the float32 logits (and a
+  compute-dtype copy before the cast), their softmax and its gradient (unrolled, XLA fuses the loss into
+  the top of the backward pass and keeps the logits too). Under fsdp, the output embedding gathered and
+  its gradient before the reduce-scatter."""
   _, fsdp, tensor = mesh_shape
   out_len = batch["targets"].shape[1] if len(batch["targets"].shape) > 1 else 1
   if mcfg.family == "encoder" and mcfg.encoder_head == "classifier":
@@ -279,7 +283,12 @@ def _loss_bytes(mcfg, dm: Dims, batch, mesh_shape, fused: bool) -> float:
     vocab = mcfg.d_model
   else:
     vocab = mcfg.vocab_size // tensor
-  logits = ((3 if fused else 2) * F32 + (dm.a if dm.a != F32 else 0)) * dm.b * out_len * vocab
+  extra = dm.a if dm.a != F32 else 0
+  if steps.defers_output(mcfg) and len(batch["targets"].shape) > 1 and mesh_shape[0] * fsdp == 1:
+    chunk = steps.loss_chunk(dm.b, out_len, vocab)
+    logits = (2 * F32 + extra) * dm.b * chunk * vocab + F32 * (dm.b * out_len * mcfg.d_model + mcfg.d_model * vocab)
+  else:
+    logits = ((3 if fused else 2) * F32 + extra) * dm.b * out_len * vocab
   gathered = 2 * vocab * mcfg.d_model * jnp.dtype(mcfg.param_dtype).itemsize if fsdp > 1 else 0
   return logits + gathered
 
@@ -450,7 +459,7 @@ def report(plan: Plan, config) -> str:
       ("batch", plan.batch, f"{d['rows']} row{'s' * (d['rows'] != 1)} per device of {batch_shapes}"),
       ("activations saved", plan.activations, f"remat {d['remat_policy']}, scan_layers {d['scan_layers']}: "
        + "; ".join(d["detail"])),
-      ("backward peak", plan.peak, f"max(loss: logits + softmax + grad {fmt_bytes(d['loss_phase'])}, "
+      ("backward peak", plan.peak, f"max(the loss {fmt_bytes(d['loss_phase'])}, "
        f"one layer's backward {fmt_bytes(d['layer_phase'])})"),
   ]
   lines = [f"bigjax plan: {plan.family}, {plan.param_count:,} params; mesh (data {data}, fsdp {fsdp}, tensor "

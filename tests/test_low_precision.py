@@ -1,10 +1,12 @@
 """bigjax.models.layers.dot_general in bfloat16: float32 accumulation and result, the same in both gradients,
 against numpy in float64 on the rounded operands; float32 gives lax.dot_general's numbers bit for bit; and
-`materialize`, the CPU fusion barrier both use in the backward pass, changes no bit."""
+`materialize`, the CPU fusion barrier both use in the backward pass, changes no bit; the train loss over an
+unapplied output layer (`head_xent`, in chunks) equals optax's on the whole logits."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from bigjax.models import layers
@@ -103,3 +105,45 @@ def test_tied_output_layer_is_dot_general_with_its_gradients(x_shape, vocab):
     for a, b in zip(got, want):
       assert a.shape == b.shape and a.dtype == b.dtype == jnp.float32
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6 * float(jnp.abs(b).max()))
+
+
+HEADS = [  # (compute dtype, tied table, an MLM bias, positions per chunk of 6)
+    ("float32", True, False, 1), ("float32", True, True, 2), ("float32", False, False, 3),
+    ("float32", False, True, 6), ("bfloat16", True, True, 2), ("bfloat16", False, False, 3),
+]
+
+
+@pytest.mark.parametrize("dtype,table,bias,chunk", HEADS)
+def test_chunked_output_loss_equals_optax_on_the_whole_logits(dtype, table, bias, chunk):
+  """`layers.head_xent` (the train loss over an unapplied output layer, a chunk of positions at a time,
+  its gradients computed with the loss) gives optax's weighted cross-entropy of `Head.logits()` and the
+  gradients of the input, the weights and the bias: in float32 to rounding; in bfloat16 to its rounding
+  of the cotangent (one bf16 ulp, ~2^-8: it rounds before the loss's cotangent scales it). The value
+  is the same undifferentiated. Both under jit, as in a train step: eagerly, bf16 logits plus a bias are
+  rounded twice; compiled, XLA keeps the sum in float32 (its excess precision), on both paths alike."""
+  rng = np.random.default_rng(5)
+  b, t, e, v = 3, 6, 16, 41
+  x = jnp.asarray(rng.standard_normal((b, t, e)), dtype)
+  w = jnp.asarray(rng.standard_normal((v, e) if table else (e, v)) * 0.5, jnp.float32)
+  mlm_bias = jnp.asarray(rng.standard_normal(v), jnp.float32) if bias else None
+  targets = jnp.asarray(rng.integers(0, v, (b, t)), jnp.int32)
+  weights = jnp.asarray(rng.random((b, t)) < 0.7, jnp.float32)
+  head = lambda x, w, c: layers.Head(x, w.astype(dtype), table, c)
+
+  def ref(x, w, c):
+    nll = optax.softmax_cross_entropy_with_integer_labels(head(x, w, c).logits(), targets)
+    return jnp.sum(nll * weights) / 3.0
+
+  new = lambda x, w, c: layers.head_xent(head(x, w, c), targets, weights, chunk) / 3.0
+  argnums = (0, 1, 2) if bias else (0, 1)
+  want_loss, want = jax.jit(jax.value_and_grad(ref, argnums))(x, w, mlm_bias)
+  got_loss, got = jax.jit(jax.value_and_grad(new, argnums))(x, w, mlm_bias)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(new)(x, w, mlm_bias), want_loss, rtol=1e-6)
+  rtol = 1e-5 if dtype == "float32" else 2 ** -7
+  for g, r in zip(got, want):
+    assert g.shape == r.shape and g.dtype == r.dtype
+    g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
+    np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol * np.abs(r).max())
+  with pytest.raises(ValueError, match="chunk 4 does not divide the length 6"):
+    layers.head_xent(head(x, w, mlm_bias), targets, weights, 4)

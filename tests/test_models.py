@@ -134,6 +134,43 @@ def test_every_family_names_every_param_and_padding_never_leaks(name, scan):
       np.testing.assert_allclose(a[mask == 1], b[mask == 1], atol=1e-5)
 
 
+HEAD_CFGS = {**FAMILY_CFGS, "gpt2": CFG, "t5_v1_0": config_lib.preset(
+    "t5_small", vocab_size=64, d_model=32, num_layers=2, num_heads=4, head_dim=8, d_ff=48)}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_CFGS))
+def test_the_train_loss_over_the_unapplied_output_layer_equals_the_logits_path(name):
+  """`output="head"` (the train step's call) returns the output layer unapplied, tied or untied, with
+  BERT's MLM bias and T5 v1.0's rescaling, and the chunked loss over it (`steps.weighted_xent`) gives the
+  logits path's loss and gradients of every param; a classifier returns its logits either way."""
+  from bigjax import steps  # pylint: disable=g-import-not-at-top
+  from bigjax.models import layers  # pylint: disable=g-import-not-at-top
+  cfg = HEAD_CFGS[name]
+  module, boxed, _ = _init(cfg)
+  params = nn.meta.unbox(boxed)
+  rng = np.random.default_rng(1)
+  ids = jnp.asarray(rng.integers(3, 64, (4, 16)), jnp.int32)
+  batch = {"inputs": ids}
+  if cfg.family == "encoder_decoder":
+    batch["decoder_input_ids"] = ids[:, :8]
+  shape = (4,) if cfg.encoder_head == "classifier" else batch.get("decoder_input_ids", ids).shape
+  targets = jnp.asarray(rng.integers(0, 3 if cfg.encoder_head == "classifier" else 64, shape), jnp.int32)
+  weights = jnp.asarray(rng.random(shape) < 0.6, jnp.float32)
+  out = steps.logits(module, params, batch, output="head")
+  assert isinstance(out, layers.Head) == (cfg.encoder_head != "classifier")
+  assert steps.defers_output(cfg) == (cfg.encoder_head != "classifier")
+
+  def loss(p, **kwargs):
+    return steps.weighted_xent(steps.logits(module, p, batch, **kwargs), targets, weights)[0]
+
+  want_loss, want = jax.value_and_grad(loss)(params)
+  got_loss, got = jax.jit(jax.value_and_grad(lambda p: loss(p, output="head")))(params)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  scale = max(float(jnp.abs(r).max()) for r in jax.tree_util.tree_leaves(want))  # Some are zero (keys' biases).
+  for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6 * scale, err_msg=str(path))
+
+
 PACK_CFGS = {
     "gpt2": CFG,
     "bert": FAMILY_CFGS["bert"],

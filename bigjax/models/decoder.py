@@ -42,7 +42,8 @@ class Decoder(nn.Module):
   shared tokens, j on continuation j's; a token sees the shared tokens and its own branch's earlier
   tokens, never another branch's (give each branch the `positions` it would have after the prefix).
   With `decode=True` the call processes the next tokens after those already in the "cache" collection
-  (see `bigjax.models.step_fn`).
+  (see `bigjax.models.step_fn`). `output="head"` returns the output layer unapplied (`layers.Head`), for
+  the train loss.
   """
 
   cfg: ModelConfig
@@ -51,7 +52,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None, prefix_mask=None,
-               branch_ids=None, deterministic: bool = True):
+               branch_ids=None, deterministic: bool = True, output: str = "logits"):
     cfg = self.cfg
     b, n = input_ids.shape
     tokens = layers.Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std,
@@ -100,11 +101,14 @@ class Decoder(nn.Module):
                      lora=self.lora, name="decoder")(
         x, mask, None, positions, None, None, index)
     x = layers.norm(cfg, "ln_final")(x)
+    defer = output == "head"
     if cfg.tie_embeddings:
-      logits = tokens.attend(x, decode=self.decode)
+      logits = tokens.attend(x, decode=self.decode, defer=defer)
     else:
       logits = layers.Dense((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                             init_std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                            decode=self.decode, name="lm_head")(x)
+                            decode=self.decode, name="lm_head")(x, defer=defer)
+    if isinstance(logits, layers.Head):
+      return logits
     logits = layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits.astype(jnp.float32)

@@ -7,6 +7,8 @@
                  BertForSequenceClassification;
   "none"       — the last hidden states `[batch, length, d_model]`, as BertModel (whose pooler weights
                  are kept, so that a classifier can be fine-tuned from them).
+With `output="head"` the MLM head returns its output layer unapplied (`layers.Head`, the bias with it), for
+the train loss; the other heads return what they always do.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None, segment_ids=None,
-               deterministic: bool = True):
+               deterministic: bool = True, output: str = "logits"):
     cfg = self.cfg
     b, n = input_ids.shape
     dense = lambda features, names, name: layers.Dense(
@@ -68,13 +70,16 @@ class Encoder(nn.Module):
           (cfg.d_model,), ("mlp",), ("embed",), use_bias=cfg.use_bias, init_std=cfg.init_std, dtype=cfg.dtype,
           param_dtype=cfg.param_dtype, name="mlm_dense")(x))
       h = layers.norm(cfg, "mlm_ln")(h)
+      defer = output == "head"
       if cfg.tie_embeddings:
-        logits = tokens.attend(h)
+        logits = tokens.attend(h, defer=defer)
       else:
         logits = layers.Dense((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False, init_std=cfg.init_std,
-                              dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="lm_head")(h)
+                              dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="lm_head")(h, defer=defer)
       bias = self.param("mlm_bias", layers.param_init(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,),
                         layers.dtype_of(cfg.param_dtype))
+      if isinstance(logits, layers.Head):
+        return logits._replace(bias=bias)
       logits = layers.constrain(logits + bias.astype(logits.dtype),
                                 ("activation_batch", "activation_length", "activation_vocab"))
       return logits.astype(jnp.float32)

@@ -60,6 +60,7 @@ class EncoderDecoder(nn.Module):
   """`apply({"params": p}, input_ids, decoder_input_ids, attention_mask=m, decoder_attention_mask=dm)`
   → decoder logits `[batch, dec_len, vocab]` (float32). `encode` and `decode_step` are the two halves,
   used by generation (the encoder runs once; the decoder steps with a KV cache when `decode=True`).
+  `output="head"` returns the output layer unapplied (`layers.Head`), for the train loss.
 
   Packed rows pass `segment_ids` (encoder) and `decoder_segment_ids` (1, 2, ... per example, 0 for
   padding): no attention crosses a segment, and decoder segment k attends to encoder segment k only.
@@ -90,7 +91,8 @@ class EncoderDecoder(nn.Module):
     return self.encoder(x, mask, deterministic)
 
   def decode_step(self, decoder_input_ids, encoded, attention_mask=None, decoder_attention_mask=None,
-                  segment_ids=None, decoder_segment_ids=None, deterministic: bool = True):
+                  segment_ids=None, decoder_segment_ids=None, deterministic: bool = True,
+                  output: str = "logits"):
     cfg = self.cfg
     if (segment_ids is None) != (decoder_segment_ids is None):
       raise ValueError("packed batches need both segment_ids and decoder_segment_ids")
@@ -105,15 +107,19 @@ class EncoderDecoder(nn.Module):
       self_mask = layers.self_segments(decoder_attention_mask, decoder_segment_ids)
       cross_mask = layers.cross_segments(decoder_input_ids.shape, decoder_segment_ids, attention_mask, segment_ids)
     x = self.decoder(x, self_mask, encoded, cross_mask, deterministic)
+    defer = output == "head"
     if cfg.tie_embeddings:
-      logits = self.token_embed.attend(x * jnp.asarray(cfg.d_model ** -0.5, x.dtype), decode=self.decode)
+      logits = self.token_embed.attend(x * jnp.asarray(cfg.d_model ** -0.5, x.dtype), decode=self.decode,
+                                       defer=defer)
     else:
-      logits = self.lm_head(x)
+      logits = self.lm_head(x, defer=defer)
+    if isinstance(logits, layers.Head):
+      return logits
     logits = layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits.astype(jnp.float32)
 
   def __call__(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None,
-               segment_ids=None, decoder_segment_ids=None, deterministic: bool = True):
+               segment_ids=None, decoder_segment_ids=None, deterministic: bool = True, output: str = "logits"):
     encoded = self.encode(input_ids, attention_mask, segment_ids, deterministic)
     return self.decode_step(decoder_input_ids, encoded, attention_mask, decoder_attention_mask, segment_ids,
-                            decoder_segment_ids, deterministic)
+                            decoder_segment_ids, deterministic, output)

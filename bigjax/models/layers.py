@@ -322,7 +322,9 @@ class Dense(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, defer: bool = False) -> Array | Head:
+    """`defer` (an output layer's): the `Head` (x and the kernel) for the train loss to multiply in chunks
+    (`head_xent`); with a bias or a LoRA adapter on this layer, the logits as usual."""
     n_in = len(self.in_names)
     in_shape = x.shape[-n_in:]
     kernel = self.param("kernel", param_init(normal(self.init_std), self.in_names + self.out_names),
@@ -333,6 +335,9 @@ class Dense(nn.Module):
     # In bfloat16/float16 `dot_general` returns float32: the bias (and LoRA's update) is added before the
     # one rounding to `dtype`.
     xa, w = x.astype(dt), kernel if kernel.dtype == dt else kernel.astype(dt)
+    adapted = self.lora is not None and self.lora.applies(self.scope.path)
+    if defer and n_in == 1 and len(self.features) == 1 and not self.use_bias and not adapted:
+      return Head(xa, w, table=False)
     if self.decode and _step_weights(xa, w, n_in):
       out_major = tuple(range(n_in, w.ndim)) + tuple(range(n_in))
       y = jax.lax.platform_dependent(
@@ -780,17 +785,130 @@ class Embed(nn.Module):
   def __call__(self, ids: Array) -> Array:
     return jnp.take(self.embedding, ids, axis=0).astype(dtype_of(self.dtype))
 
-  def attend(self, x: Array, decode: bool = False) -> Array:
+  def attend(self, x: Array, decode: bool = False, defer: bool = False) -> Array | Head:
     """Logits over the table (a tied output layer); `decode`: as in `Dense`, a decoding step's product on CPU
-    is `step_product`'s (the table is out-major already: nothing is copied)."""
+    is `step_product`'s (the table is out-major already: nothing is copied); `defer`: the `Head` instead."""
     dt = dtype_of(self.dtype)
     x = x.astype(dt)
     table = self.embedding.astype(dt)
+    if defer:
+      return Head(x, table, table=True)
     product = lambda a, w: dot_general(a, w, (((a.ndim - 1,), (1,)), ((), ())))
     if decode and _step_weights(x, table, 1):
       return jax.lax.platform_dependent(x, table, cpu=lambda a, w: step_product(a, w, 1),
                                         default=product).astype(dt)
     return product(x, table).astype(dt)
+
+
+# ------------------------------------------------------------------------------------------ output layer
+
+class Head(NamedTuple):
+  """An output layer not yet applied (a model called with `output="head"`): the logits are
+  `round(x · w) (+ bias, rounded)` in the compute dtype, then float32, `w` a tied table `[V, E]` (`table`)
+  or a kernel `[E, V]`. The train loss (`head_xent`) computes them a chunk of positions at a time and
+  never holds all of them; `logits()` is the model's usual output, for everything else."""
+  x: Array  # [batch, length, E], compute dtype.
+  w: Array  # [V, E] (table) or [E, V], compute dtype.
+  table: bool
+  bias: Array | None = None  # [V], param dtype.
+
+  def logits(self) -> Array:
+    out = _head_logits(self.x, self.w, self.table, self.bias, product=dot_general)
+    return constrain(out, ("activation_batch", "activation_length", "activation_vocab")).astype(jnp.float32)
+
+
+def _head_logits(x, w, table, bias, product=jax.lax.dot_general):
+  """`x`'s logits over `w` in `x`'s dtype, rounded as the layers round them: the product (float32
+  accumulation), then the bias in the compute dtype (an encoder's MLM bias)."""
+  dims = (((x.ndim - 1,), (1 if table else 0,)), ((), ()))
+  if x.dtype in LOW_PRECISION:
+    z = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32) if product is jax.lax.dot_general \
+        else product(x, w, dims)
+  else:
+    z = product(x, w, dims)
+  z = z.astype(x.dtype)
+  return z if bias is None else z + bias.astype(z.dtype)
+
+
+def _chunked(head: Head, targets, weights, chunk: int):
+  """`head`'s positions in chunks of `chunk`: `[k, batch, chunk, ...]` views of x, targets and weights."""
+  b, t = targets.shape
+  split = lambda a: jnp.swapaxes(a.reshape((b, t // chunk, chunk) + a.shape[2:]), 0, 1)
+  return split(head.x), split(targets), split(weights.astype(jnp.float32))
+
+
+def _chunk_nll(x, w, table, bias, targets):
+  """Float32 logits of one chunk (`x` `[batch, chunk, E]`), their log-sum-exp and the targets' logits."""
+  z = _head_logits(x, w, table, bias).astype(jnp.float32)
+  lse = jax.nn.logsumexp(z, axis=-1)
+  picked = jnp.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
+  return z, lse, picked
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _head_xent(x, w, bias, targets, weights, table, chunk, dtypes):
+  head = Head(x, w, table, bias)
+  xs, ts, ws = _chunked(head, targets, weights, chunk)
+
+  def body(total, inp):
+    xc, tc, wc = inp
+    _, lse, picked = _chunk_nll(xc, w, table, bias, tc)
+    return total + jnp.sum((lse - picked) * wc), None
+
+  return jax.lax.scan(body, jnp.zeros([], jnp.float32), (xs, ts, ws))[0]
+
+
+def _head_xent_fwd(x, w, bias, targets, weights, table, chunk, dtypes):
+  """The loss and its gradients together, a chunk at a time: each chunk's logits, softmax and cotangent
+  live only while its two gradient products run (the loss is a scalar, so its gradients are these times
+  the incoming cotangent). Each product is in the row-major form `_dot_materialized_bwd` uses."""
+  head = Head(x, w, table, bias)
+  xs, ts, ws = _chunked(head, targets, weights, chunk)
+  e, v = x.shape[-1], w.shape[0 if table else 1]
+  low = x.dtype in LOW_PRECISION
+
+  def body(carry, inp):
+    total, dw_t, dbias = carry  # dw_t: the weights' gradient as [E, V], float32.
+    xc, tc, wc = inp
+    z, lse, picked = _chunk_nll(xc, w, table, bias, tc)
+    total = total + jnp.sum((lse - picked) * wc)
+    g = (jnp.exp(z - lse[..., None]) - jax.nn.one_hot(tc, v, dtype=jnp.float32)) * wc[..., None]
+    rows = g.shape[0] * g.shape[1]
+    g = materialize(g.reshape(rows, v).astype(x.dtype))  # Rounded once, as the layers' cotangent is.
+    if bias is not None:
+      dbias = dbias + jnp.sum(g.astype(jnp.float32), axis=0)
+    f32 = dict(preferred_element_type=jnp.float32) if low else {}
+    dx = jax.lax.dot_general(g, w, (((1,), (0 if table else 1,)), ((), ())), **f32)
+    x_t = materialize(xc.reshape(rows, e), lambda r: r.T)
+    dw_t = dw_t + jax.lax.dot_general(x_t, g, (((1,), (0,)), ((), ())), **f32)
+    return (total, dw_t, dbias), dx.reshape(xc.shape)
+
+  zeros = (jnp.zeros([], jnp.float32), jnp.zeros((e, v), jnp.float32),
+           jnp.zeros((v,), jnp.float32) if bias is not None else None)
+  (total, dw_t, dbias), dxs = jax.lax.scan(body, zeros, (xs, ts, ws))
+  dx = jnp.swapaxes(dxs, 0, 1).reshape(x.shape)
+  dw = materialize(dw_t, lambda t: t.T) if table else dw_t
+  return total, (dx, dw, dbias)
+
+
+def _head_xent_bwd(table, chunk, dtypes, res, g):
+  # The gradients are kept in float32 and rounded after the scaling, as the layers' would be.
+  scaled = [None if a is None else (a * g).astype(dt) for a, dt in zip(res, dtypes)]
+  return (*scaled, None, None)
+
+
+_head_xent.defvjp(_head_xent_fwd, _head_xent_bwd)
+
+
+def head_xent(head: Head, targets: Array, weights: Array, chunk: int) -> Array:
+  """Sum over positions of `weights` × the cross-entropy of `head`'s float32 logits at `targets`
+  (`[batch, length]`), in chunks of `chunk` positions (a divisor of `length`): the logits are never all
+  held, in the loss or in its gradients. Equal to `optax.softmax_cross_entropy_with_integer_labels` on
+  `head.logits()` up to float32 summation order (tests/test_low_precision.py)."""
+  if targets.shape[1] % chunk:
+    raise ValueError(f"chunk {chunk} does not divide the length {targets.shape[1]}")
+  dtypes = (head.x.dtype, head.w.dtype, None if head.bias is None else head.bias.dtype)
+  return _head_xent(head.x, head.w, head.bias, targets, weights, head.table, chunk, dtypes)
 
 
 class Block(nn.Module):
