@@ -13,8 +13,9 @@ vocabulary split over tensor; a = bytes of model.dtype, f32 = 4):
 * saved activations: what autodiff keeps from the forward pass for the backward pass, per layer and
   remat policy (`_layer_saves`), times the layers, plus what each stack keeps outside its blocks
   (final norm, the attention mask, T5's position bias, BERT's MLM head);
-* the backward peak: the larger of the loss phase (float32 logits, their softmax and gradient, plus the
-  gathered output embedding under fsdp) and one layer's backward (its cotangents, or with remat its
+* the backward peak: the larger of the loss phase (float32 logits, their softmax and gradient — one
+  chunk of them where the batch is not split, `steps.loss_chunk` — plus the gathered output embedding
+  under fsdp) and one layer's backward (its cotangents, or with remat its
   recomputed intermediates, whichever is larger, plus its weights gathered over fsdp and their gradient).
 
 Per layer and family, in tensors of b x t x d_model (X), b x t x heads x head_dim (Q), b x heads x t x t
