@@ -234,11 +234,22 @@ def make_train_step(module, tx, schedule, seed: int, grad_accum_steps: int = 1, 
 
 
 def make_eval_step(module):
-  """(sum of cross-entropies, sum of weights, weighted count of argmax == target)."""
+  """(sum of cross-entropies, sum of weights, weighted count of argmax == target). Over a vocabulary
+  (`defers_output`) with the batch on one device, the logits are computed a chunk of positions at a time
+  as in the train step (`layers.head_scores`), so an eval needs no more memory than the step it follows."""
+  head = {"output": "head"} if defers_output(module.cfg) else {}
+
   def eval_step(params, batch):
-    out = logits(module, params, batch, deterministic=True)
-    total, count = weighted_xent(out, batch["targets"], batch["weights"])
-    hits = jnp.sum((jnp.argmax(out, -1) == batch["targets"]) * batch["weights"])
+    out = logits(module, params, batch, deterministic=True, **head)
+    targets, weights = batch["targets"], batch["weights"]
+    if isinstance(out, layers.Head) and partitioning.batch_shards() == 1:
+      chunk = loss_chunk(targets.shape[0], targets.shape[1], out.w.shape[0 if out.table else 1])
+      total, hits = layers.head_scores(out, targets, weights, chunk)
+      return total, jnp.sum(weights), hits
+    if isinstance(out, layers.Head):
+      out = out.logits()
+    total, count = weighted_xent(out, targets, weights)
+    hits = jnp.sum((jnp.argmax(out, -1) == targets) * weights)
     return total, count, hits
   return eval_step
 

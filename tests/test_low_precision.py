@@ -120,7 +120,8 @@ def test_chunked_output_loss_equals_optax_on_the_whole_logits(dtype, table, bias
   gradients of the input, the weights and the bias: in float32 to rounding; in bfloat16 to its rounding
   of the cotangent (one bf16 ulp, ~2^-8: it rounds before the loss's cotangent scales it). The value
   is the same undifferentiated. Both under jit, as in a train step: eagerly, bf16 logits plus a bias are
-  rounded twice; compiled, XLA keeps the sum in float32 (its excess precision), on both paths alike."""
+  rounded twice; compiled, XLA keeps the sum in float32 (its excess precision), on both paths alike.
+  `head_scores` (the eval's chunks) gives the same loss and the argmax hits of the whole logits."""
   rng = np.random.default_rng(5)
   b, t, e, v = 3, 6, 16, 41
   x = jnp.asarray(rng.standard_normal((b, t, e)), dtype)
@@ -145,5 +146,12 @@ def test_chunked_output_loss_equals_optax_on_the_whole_logits(dtype, table, bias
     assert g.shape == r.shape and g.dtype == r.dtype
     g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
     np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol * np.abs(r).max())
+  total, _ = jax.jit(lambda x, w, c: layers.head_scores(head(x, w, c), targets, weights, chunk))(x, w, mlm_bias)
+  np.testing.assert_allclose(total / 3.0, want_loss, rtol=1e-6)
+  logits = jax.jit(lambda x, w, c: head(x, w, c).logits())(x, w, mlm_bias)
+  some_right = jnp.where(jnp.asarray(rng.random((b, t)) < 0.5), jnp.argmax(logits, -1), targets)
+  _, hits = jax.jit(lambda x, w, c: layers.head_scores(head(x, w, c), some_right, weights, chunk))(x, w, mlm_bias)
+  want_hits = float(jnp.sum((jnp.argmax(logits, -1) == some_right) * weights))
+  assert float(hits) == want_hits > 0
   with pytest.raises(ValueError, match="chunk 4 does not divide the length 6"):
     layers.head_xent(head(x, w, mlm_bias), targets, weights, 4)

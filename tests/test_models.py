@@ -142,7 +142,8 @@ HEAD_CFGS = {**FAMILY_CFGS, "gpt2": CFG, "t5_v1_0": config_lib.preset(
 def test_the_train_loss_over_the_unapplied_output_layer_equals_the_logits_path(name):
   """`output="head"` (the train step's call) returns the output layer unapplied, tied or untied, with
   BERT's MLM bias and T5 v1.0's rescaling, and the chunked loss over it (`steps.weighted_xent`) gives the
-  logits path's loss and gradients of every param; a classifier returns its logits either way."""
+  logits path's loss and gradients of every param, and the eval step its loss and argmax hits; a
+  classifier returns its logits either way."""
   from bigjax import steps  # pylint: disable=g-import-not-at-top
   from bigjax.models import layers  # pylint: disable=g-import-not-at-top
   cfg = HEAD_CFGS[name]
@@ -166,6 +167,14 @@ def test_the_train_loss_over_the_unapplied_output_layer_equals_the_logits_path(n
   want_loss, want = jax.value_and_grad(loss)(params)
   got_loss, got = jax.jit(jax.value_and_grad(lambda p: loss(p, output="head")))(params)
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  # The eval step (chunked over the same head) gives the logits path's loss, count and argmax hits.
+  full = steps.logits(module, params, batch)
+  some_right = jnp.where(jnp.asarray(rng.random(shape) < 0.5), jnp.argmax(full, -1), targets)
+  total, count, hits = jax.jit(steps.make_eval_step(module))(params, {**batch, "targets": some_right,
+                                                                     "weights": weights})
+  np.testing.assert_allclose(total, steps.weighted_xent(full, some_right, weights)[0], rtol=1e-6)
+  assert float(count) == float(jnp.sum(weights))
+  assert float(hits) == float(jnp.sum((jnp.argmax(full, -1) == some_right) * weights)) > 0
   scale = max(float(jnp.abs(r).max()) for r in jax.tree_util.tree_leaves(want))  # Some are zero (keys' biases).
   for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6 * scale, err_msg=str(path))

@@ -900,6 +900,24 @@ def _head_xent_bwd(table, chunk, dtypes, res, g):
 _head_xent.defvjp(_head_xent_fwd, _head_xent_bwd)
 
 
+def head_scores(head: Head, targets: Array, weights: Array, chunk: int) -> tuple[Array, Array]:
+  """An eval's figures over `head`, a chunk of `chunk` positions at a time (no gradients): the weighted
+  sum of cross-entropies at `targets` and the weighted count of positions whose argmax is the target,
+  as `optax` and `jnp.argmax` give them on `head.logits()` (ties go to the first id either way)."""
+  if targets.shape[1] % chunk:
+    raise ValueError(f"chunk {chunk} does not divide the length {targets.shape[1]}")
+  xs, ts, ws = _chunked(head, targets, weights, chunk)
+
+  def body(sums, inp):
+    xc, tc, wc = inp
+    z, lse, picked = _chunk_nll(xc, head.w, head.table, head.bias, tc)
+    hits = jnp.sum((jnp.argmax(z, axis=-1) == tc) * wc)
+    return (sums[0] + jnp.sum((lse - picked) * wc), sums[1] + hits), None
+
+  zero = jnp.zeros([], jnp.float32)
+  return jax.lax.scan(body, (zero, zero), (xs, ts, ws))[0]
+
+
 def head_xent(head: Head, targets: Array, weights: Array, chunk: int) -> Array:
   """Sum over positions of `weights` × the cross-entropy of `head`'s float32 logits at `targets`
   (`[batch, length]`), in chunks of `chunk` positions (a divisor of `length`): the logits are never all
