@@ -234,14 +234,10 @@ def check_divisible(abstract_tree, shardings, what: str = "param") -> None:
 
 
 def batch_shards() -> int:
-  """While tracing under `activate`: how many ways the mesh splits an activation's batch axis (the sizes
-  of the mesh axes `activation_batch` maps to); 1 with no mesh or rules in force."""
+  """While tracing under `activate`: how many ways the mesh in force splits the batch (`batch_divisor`);
+  1 with no mesh."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return 1
-  axes = nn.logical_to_mesh_axes(("activation_batch",))[0]
-  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-  return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+  return 1 if mesh.empty else batch_divisor(mesh)
 
 
 @contextlib.contextmanager

@@ -43,15 +43,23 @@ def weighted_xent(logits, targets, weights):
   the mesh splits the batch (`partitioning.batch_shards() > 1`): the chunks accumulate the output layer's
   weight gradient, which would then be reduced across devices at every chunk, so there the whole logits
   are computed as usual (`Head.logits()`)."""
-  if isinstance(logits, layers.Head) and partitioning.batch_shards() == 1:
-    chex.assert_equal_shape_prefix((logits.x, targets, weights), targets.ndim)
-    chunk = loss_chunk(targets.shape[0], targets.shape[1], logits.w.shape[0 if logits.table else 1])
+  chunk = _chunk_for(logits, targets, weights)
+  if chunk:
     return layers.head_xent(logits, targets, weights, chunk), jnp.sum(weights)
   if isinstance(logits, layers.Head):
     logits = logits.logits()
   chex.assert_equal_shape_prefix((logits, targets, weights), targets.ndim)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def _chunk_for(out, targets, weights) -> int:
+  """Positions per chunk when `out` is a `layers.Head` whose loss runs in chunks (`loss_chunk`: the mesh in
+  force does not split the batch), else 0 (the whole logits)."""
+  if not isinstance(out, layers.Head) or partitioning.batch_shards() > 1:
+    return 0
+  chex.assert_equal_shape_prefix((out.x, targets, weights), targets.ndim)
+  return loss_chunk(targets.shape[0], targets.shape[1], out.w.shape[0 if out.table else 1])
 
 
 def defers_output(mcfg: ModelConfig) -> bool:
@@ -242,8 +250,8 @@ def make_eval_step(module):
   def eval_step(params, batch):
     out = logits(module, params, batch, deterministic=True, **head)
     targets, weights = batch["targets"], batch["weights"]
-    if isinstance(out, layers.Head) and partitioning.batch_shards() == 1:
-      chunk = loss_chunk(targets.shape[0], targets.shape[1], out.w.shape[0 if out.table else 1])
+    chunk = _chunk_for(out, targets, weights)
+    if chunk:
       total, hits = layers.head_scores(out, targets, weights, chunk)
       return total, jnp.sum(weights), hits
     if isinstance(out, layers.Head):

@@ -817,24 +817,25 @@ class Head(NamedTuple):
     return constrain(out, ("activation_batch", "activation_length", "activation_vocab")).astype(jnp.float32)
 
 
-def _head_logits(x, w, table, bias, product=jax.lax.dot_general):
+def _raw_product(a: Array, b: Array, dims) -> Array:
+  """`lax.dot_general` with float32 accumulation and result for bfloat16/float16 operands, and no custom
+  VJP: inside the chunked loss, whose gradients are written out by hand."""
+  f32 = jnp.float32 if a.dtype in LOW_PRECISION else None
+  return jax.lax.dot_general(a, b, dims, preferred_element_type=f32)
+
+
+def _head_logits(x, w, table, bias, product=_raw_product):
   """`x`'s logits over `w` in `x`'s dtype, rounded as the layers round them: the product (float32
   accumulation), then the bias in the compute dtype (an encoder's MLM bias)."""
-  dims = (((x.ndim - 1,), (1 if table else 0,)), ((), ()))
-  if x.dtype in LOW_PRECISION:
-    z = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32) if product is jax.lax.dot_general \
-        else product(x, w, dims)
-  else:
-    z = product(x, w, dims)
-  z = z.astype(x.dtype)
+  z = product(x, w, (((x.ndim - 1,), (1 if table else 0,)), ((), ()))).astype(x.dtype)
   return z if bias is None else z + bias.astype(z.dtype)
 
 
-def _chunked(head: Head, targets, weights, chunk: int):
-  """`head`'s positions in chunks of `chunk`: `[k, batch, chunk, ...]` views of x, targets and weights."""
+def _chunked(x, targets, weights, chunk: int):
+  """The positions in chunks of `chunk`: `[k, batch, chunk, ...]` views of x, targets and weights."""
   b, t = targets.shape
   split = lambda a: jnp.swapaxes(a.reshape((b, t // chunk, chunk) + a.shape[2:]), 0, 1)
-  return split(head.x), split(targets), split(weights.astype(jnp.float32))
+  return split(x), split(targets), split(weights.astype(jnp.float32))
 
 
 def _chunk_nll(x, w, table, bias, targets):
@@ -845,27 +846,28 @@ def _chunk_nll(x, w, table, bias, targets):
   return z, lse, picked
 
 
+def _scores(x, w, table, bias, targets, weights, chunk, hits: bool):
+  """The chunks' weighted sum of cross-entropies and, with `hits`, of positions whose argmax is the target."""
+  def body(sums, inp):
+    xc, tc, wc = inp
+    z, lse, picked = _chunk_nll(xc, w, table, bias, tc)
+    total = sums[0] + jnp.sum((lse - picked) * wc)
+    return (total, sums[1] + jnp.sum((jnp.argmax(z, axis=-1) == tc) * wc) if hits else sums[1]), None
+
+  zero = jnp.zeros([], jnp.float32)
+  return jax.lax.scan(body, (zero, zero), _chunked(x, targets, weights, chunk))[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _head_xent(x, w, bias, targets, weights, table, chunk, dtypes):
-  head = Head(x, w, table, bias)
-  xs, ts, ws = _chunked(head, targets, weights, chunk)
-
-  def body(total, inp):
-    xc, tc, wc = inp
-    _, lse, picked = _chunk_nll(xc, w, table, bias, tc)
-    return total + jnp.sum((lse - picked) * wc), None
-
-  return jax.lax.scan(body, jnp.zeros([], jnp.float32), (xs, ts, ws))[0]
+  return _scores(x, w, table, bias, targets, weights, chunk, hits=False)[0]
 
 
 def _head_xent_fwd(x, w, bias, targets, weights, table, chunk, dtypes):
   """The loss and its gradients together, a chunk at a time: each chunk's logits, softmax and cotangent
   live only while its two gradient products run (the loss is a scalar, so its gradients are these times
   the incoming cotangent). Each product is in the row-major form `_dot_materialized_bwd` uses."""
-  head = Head(x, w, table, bias)
-  xs, ts, ws = _chunked(head, targets, weights, chunk)
   e, v = x.shape[-1], w.shape[0 if table else 1]
-  low = x.dtype in LOW_PRECISION
 
   def body(carry, inp):
     total, dw_t, dbias = carry  # dw_t: the weights' gradient as [E, V], float32.
@@ -877,15 +879,14 @@ def _head_xent_fwd(x, w, bias, targets, weights, table, chunk, dtypes):
     g = materialize(g.reshape(rows, v).astype(x.dtype))  # Rounded once, as the layers' cotangent is.
     if bias is not None:
       dbias = dbias + jnp.sum(g.astype(jnp.float32), axis=0)
-    f32 = dict(preferred_element_type=jnp.float32) if low else {}
-    dx = jax.lax.dot_general(g, w, (((1,), (0 if table else 1,)), ((), ())), **f32)
+    dx = _raw_product(g, w, (((1,), (0 if table else 1,)), ((), ())))
     x_t = materialize(xc.reshape(rows, e), lambda r: r.T)
-    dw_t = dw_t + jax.lax.dot_general(x_t, g, (((1,), (0,)), ((), ())), **f32)
+    dw_t = dw_t + _raw_product(x_t, g, (((1,), (0,)), ((), ())))
     return (total, dw_t, dbias), dx.reshape(xc.shape)
 
   zeros = (jnp.zeros([], jnp.float32), jnp.zeros((e, v), jnp.float32),
            jnp.zeros((v,), jnp.float32) if bias is not None else None)
-  (total, dw_t, dbias), dxs = jax.lax.scan(body, zeros, (xs, ts, ws))
+  (total, dw_t, dbias), dxs = jax.lax.scan(body, zeros, _chunked(x, targets, weights, chunk))
   dx = jnp.swapaxes(dxs, 0, 1).reshape(x.shape)
   dw = materialize(dw_t, lambda t: t.T) if table else dw_t
   return total, (dx, dw, dbias)
@@ -900,22 +901,17 @@ def _head_xent_bwd(table, chunk, dtypes, res, g):
 _head_xent.defvjp(_head_xent_fwd, _head_xent_bwd)
 
 
+def _check_chunk(targets: Array, chunk: int) -> None:
+  if targets.shape[1] % chunk:
+    raise ValueError(f"chunk {chunk} does not divide the length {targets.shape[1]}")
+
+
 def head_scores(head: Head, targets: Array, weights: Array, chunk: int) -> tuple[Array, Array]:
   """An eval's figures over `head`, a chunk of `chunk` positions at a time (no gradients): the weighted
   sum of cross-entropies at `targets` and the weighted count of positions whose argmax is the target,
   as `optax` and `jnp.argmax` give them on `head.logits()` (ties go to the first id either way)."""
-  if targets.shape[1] % chunk:
-    raise ValueError(f"chunk {chunk} does not divide the length {targets.shape[1]}")
-  xs, ts, ws = _chunked(head, targets, weights, chunk)
-
-  def body(sums, inp):
-    xc, tc, wc = inp
-    z, lse, picked = _chunk_nll(xc, head.w, head.table, head.bias, tc)
-    hits = jnp.sum((jnp.argmax(z, axis=-1) == tc) * wc)
-    return (sums[0] + jnp.sum((lse - picked) * wc), sums[1] + hits), None
-
-  zero = jnp.zeros([], jnp.float32)
-  return jax.lax.scan(body, (zero, zero), (xs, ts, ws))[0]
+  _check_chunk(targets, chunk)
+  return _scores(head.x, head.w, head.table, head.bias, targets, weights, chunk, hits=True)
 
 
 def head_xent(head: Head, targets: Array, weights: Array, chunk: int) -> Array:
@@ -923,8 +919,7 @@ def head_xent(head: Head, targets: Array, weights: Array, chunk: int) -> Array:
   (`[batch, length]`), in chunks of `chunk` positions (a divisor of `length`): the logits are never all
   held, in the loss or in its gradients. Equal to `optax.softmax_cross_entropy_with_integer_labels` on
   `head.logits()` up to float32 summation order (tests/test_low_precision.py)."""
-  if targets.shape[1] % chunk:
-    raise ValueError(f"chunk {chunk} does not divide the length {targets.shape[1]}")
+  _check_chunk(targets, chunk)
   dtypes = (head.x.dtype, head.w.dtype, None if head.bias is None else head.bias.dtype)
   return _head_xent(head.x, head.w, head.bias, targets, weights, head.table, chunk, dtypes)
 
