@@ -17,7 +17,9 @@ span corruption's are), gradient clipping at norm 1, AdamW. bigjax runs its own 
 `torch.optim.AdamW` and `clip_grad_norm_`, on as many threads as JAX uses (every core).
 
 A step's time is the median of `--steps` timed whole steps after 2 warm-up steps (compilation for
-bigjax), each ended by a device sync (`block_until_ready`; PyTorch on CPU is synchronous). Tokens are
+bigjax), each ended by a device sync (`block_until_ready`; PyTorch on CPU is synchronous). The two sides
+alternate step by step and the ratio is the median of the per-pair ratios, so that this machine's slow
+stretches (step times here move by 10-50% within minutes) fall on both sides of a pair. Tokens are
 batch x input length for every family (T5's convention: the targets' FLOPs are counted, their tokens
 are not). MFU is bigjax's model FLOPs (`bigjax.throughput.flops_per_step`) per second over the peak of
 a `jnp.dot` of the case's dtype measured here first (`throughput.measure_matmul_peak`). The last line is
@@ -73,19 +75,25 @@ def make_batch(family: str, seq: int, batch: int) -> dict[str, np.ndarray]:
   return {"inputs": ids(batch, seq), "targets": ids(batch, seq), "weights": weights}
 
 
-def time_steps(step, n: int) -> float:
-  """Median seconds of `n` calls of `step()` after 2 warm-up calls."""
+def time_paired(ours, theirs, n: int) -> tuple[float, float, float]:
+  """Medians of `n` timed calls of `ours()` and of `theirs()`, after 2 warm-up calls of each, and the median
+  of the per-pair ratios theirs/ours. The two alternate call by call (ours first in even pairs, theirs in
+  odd ones), so a slow stretch of this shared machine slows both sides of a pair alike."""
   for _ in range(2):
-    step()
-  times = []
-  for _ in range(n):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+    ours()
+    theirs()
+  t_ours, t_theirs = [], []
+  for i in range(n):
+    for fn, times in ((ours, t_ours), (theirs, t_theirs))[::1 if i % 2 == 0 else -1]:
+      t = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t)
+  ratio = statistics.median(b / a for a, b in zip(t_ours, t_theirs))
+  return statistics.median(t_ours), statistics.median(t_theirs), ratio
 
 
-def bigjax_step_seconds(cfg, params, batch: dict, n: int, dtype: str = "float32") -> float:
+def bigjax_step(cfg, params, batch: dict, dtype: str = "float32"):
+  """One bigjax train step as a callable that returns when it is done."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -105,10 +113,11 @@ def bigjax_step_seconds(cfg, params, batch: dict, n: int, dtype: str = "float32"
     state[0], metrics = train_step(state[0], device_batch)
     jax.block_until_ready(metrics)
 
-  return time_steps(step, n)
+  return step
 
 
-def hf_step_seconds(model, family: str, batch: dict, n: int, dtype: str = "float32") -> float:
+def hf_step(model, family: str, batch: dict, dtype: str = "float32"):
+  """One transformers train step (eager, synchronous on the CPU) as a callable."""
   import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   model.train()
@@ -128,7 +137,7 @@ def hf_step_seconds(model, family: str, batch: dict, n: int, dtype: str = "float
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
-  return time_steps(step, n)
+  return step
 
 
 def main(argv=None):
@@ -169,12 +178,11 @@ def main(argv=None):
         cfg, params = convert.from_hf(tmp)
       batch = make_batch(family, seq, batch_size)
       target_len = batch["targets"].shape[1] if family == "encoder_decoder" else None
-      ours = bigjax_step_seconds(cfg, params, batch, n, dtype)
-      theirs = hf_step_seconds(model, family, batch, n, dtype)
+      ours, theirs, ratio = time_paired(bigjax_step(cfg, params, batch, dtype), hf_step(model, family, batch, dtype), n)
       tokens = batch_size * seq
       flops = throughput.flops_per_step(cfg, batch_size, seq, target_len)
       row = {"family": family, "shape": shape, "dtype": dtype, "bigjax_tokens_per_s": round(tokens / ours, 1),
-             "hf_tokens_per_s": round(tokens / theirs, 1), "ratio_vs_hf": round(theirs / ours, 3),
+             "hf_tokens_per_s": round(tokens / theirs, 1), "ratio_vs_hf": round(ratio, 3),
              "mfu": round(flops / ours / peaks[dtype], 4)}
       rows.append(row)
       print(f"{family:16s} {shape:5s} {dtype:8s}: bigjax {1000 * ours:8.1f} ms/step {row['bigjax_tokens_per_s']:10,.0f} tok/s "
