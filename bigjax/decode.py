@@ -340,6 +340,18 @@ def for_model(cfg, params, prompts: list[list[int]], *, max_new_tokens: int, eos
   return result
 
 
+# XLA's CPU compiler, for the decoding loops: copy insertion by regions. A decoding step reads each layer's
+# KV cache and then writes one position of it in place (`layers.Attention`); without region analysis XLA
+# copied every layer's key and value caches once a step to keep that read safe (GPT-2 small: 24 copies a
+# step; their cost grows with the cache's length).
+_LOOP_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def jit_loop(fn):
+  """`jax.jit(fn)` for a function that runs a decoding loop, compiled with `_LOOP_OPTIONS` on CPU."""
+  return jax.jit(fn, compiler_options=_LOOP_OPTIONS if jax.default_backend() == "cpu" else None)
+
+
 def make_sampler(mcfg, sample_len: int, temperature: float, top_k: int, eos_id: int, pad_id: int):
   """A jitted `(params, prompts [n, P], rng) -> [n, P + sample_len]` continuing each prompt (KV cache)."""
   from bigjax import models  # pylint: disable=g-import-not-at-top
@@ -350,7 +362,7 @@ def make_sampler(mcfg, sample_len: int, temperature: float, top_k: int, eos_id: 
     return generate(models.step_fn(mcfg, params), cache, prompts, jnp.full((rows,), length), rng,
                     max_new_tokens=sample_len, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
                     top_k=top_k, prefill_len=length)
-  return jax.jit(run)
+  return jit_loop(run)
 
 
 def in_dtype(cfg, params, dtype: str):
@@ -384,7 +396,7 @@ def _compiled(cfg, num_beams, max_new_tokens, eos_id, pad_id, length_penalty, ea
     return generate(step, cache, prompts, prompt_lengths, rng, max_new_tokens=max_new_tokens, eos_id=eos_id,
                     pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p, prefill_len=prefill)
 
-  return jax.jit(run)
+  return jit_loop(run)
 
 
 def main(*, workdir: str | None, hf: str | None, prompts: list[str], prompt_ids: list[str], tokenizer: str | None,

@@ -166,7 +166,9 @@ def test_t5_kv_cache_matches_full_forward(case):
     logits, cache = first(dec[:, :prefill], cache)
     cross = {k: v for k, v in traverse_util.flatten_dict(cache).items() if k[-1].startswith("cross_")}
     assert len(cross) == 2 * cfg.decoder_layers
-    assert all(v.shape == (rows, cfg.num_heads, ENC_LEN, cfg.kv_dim) for v in cross.values())  # Heads-major.
+    layout = {"cross_key": (rows, cfg.num_heads, ENC_LEN, cfg.kv_dim),  # The KV cache's (layers._cache_layout).
+              "cross_value": (rows, cfg.num_heads, cfg.kv_dim, ENC_LEN)}
+    assert all(v.shape == layout[k[-1]] for k, v in cross.items())
     got = [logits]
     for i in range(prefill, DEC_LEN):
       logits, cache = later(dec[:, i:i + 1], cache)

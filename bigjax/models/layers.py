@@ -600,24 +600,43 @@ def flash_attention(q: Array, k: Array, v: Array, seg: Segments, bias: Array | N
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array | None, bias: Array | None, *, scale: float,
-              implementation: str, dropout=None, heads_major_kv: bool = False) -> Array:
+              implementation: str, dropout=None, heads_major_kv: bool = False, new_kv=None) -> Array:
   """softmax(scale · q kᵀ + bias, masked) v for `[batch, length, heads, head_dim]` queries, keys and values;
   `mask` (True = visible) and `bias` broadcast to `[batch, heads, q_len, kv_len]`. "plain": float32 logits
   and softmax, then `dropout(probs)` if given; "xla" / "cudnn": `jax.nn.dot_product_attention`. Keys and
   values may have fewer heads than the queries (GQA: head i reads key/value head i // group).
 
-  `heads_major_kv` (the plain path only): keys and values come `[batch, kv_heads, kv_len, head_dim]`, the
-  KV cache's layout. A dot_general takes its batch axes (batch, heads) major, so from the
-  `[batch, kv_len, heads, head_dim]` layout XLA's CPU compiler copied each layer's whole cache at every
-  decoding step (a third of a batch-8 GPT-2 step); from this one it reads the cache where it lies."""
+  `heads_major_kv` (the plain path only): keys come `[batch, kv_heads, kv_len, head_dim]` and values
+  `[batch, kv_heads, head_dim, kv_len]`, the KV cache's layout. A dot_general takes its batch axes (batch,
+  heads) major, so from the `[batch, kv_len, heads, head_dim]` layout XLA's CPU compiler copied each
+  layer's whole cache at every decoding step (a third of a batch-8 GPT-2 step). And a decoding step's
+  products are matrix-vector products, whose matrix XLA's CPU compiler reads with the contracted axis
+  minor: from values `[kv_len, head_dim]` it transposed every layer's value cache at every step and, that
+  copy reading the cache's update, wrote the update twice, each time into a copy of the cache (four
+  copies and a transpose of each layer's values a step). From these layouts it reads both caches where
+  they lie. `new_kv` (with `heads_major_kv`): `(key, value, index)`, one position's key `[batch,
+  kv_heads, 1, head_dim]` and value `[batch, kv_heads, head_dim, 1]` that stand at `index` instead of what
+  `k` and `v` hold there: a one-row decoding step reads the cache as it was before its write. (With one
+  row XLA drops the size-1 row axis of the products' operands, fuses the cache's write into that reshape
+  — a second write — and gives each write a copy of the cache; with more rows the products read the
+  written cache in place.)"""
   if implementation == "plain" and heads_major_kv:
     b, q_len, heads, d = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = heads // kv_heads
     q = (q * jnp.asarray(scale, q.dtype)).reshape(b, q_len, kv_heads, group, d)
-    logits = jnp.einsum("bqhgd,bhkd->bhgqk", q, k).astype(jnp.float32).reshape(b, heads, q_len, kv_len)
-    probs = _masked_softmax(logits, mask, bias, dropout, v.dtype)
-    out = jnp.einsum("bhgqk,bhkd->bqhgd", probs.reshape(b, kv_heads, group, q_len, kv_len), v)
+    logits = jnp.einsum("bqhgd,bhkd->bhgqk", q, k)
+    if new_kv is not None:
+      k_new, v_new, index = new_kv
+      at = jnp.arange(kv_len) == index
+      logits = jnp.where(at, jnp.einsum("bqhgd,bhkd->bhgqk", q, k_new), logits)
+    probs = _masked_softmax(logits.astype(jnp.float32).reshape(b, heads, q_len, kv_len), mask, bias, dropout,
+                            v.dtype).reshape(b, kv_heads, group, q_len, kv_len)
+    if new_kv is None:
+      out = jnp.einsum("bhgqk,bhdk->bqhgd", probs, v)
+    else:
+      out = (jnp.einsum("bhgqk,bhdk->bqhgd", jnp.where(at, jnp.zeros((), probs.dtype), probs), v)
+             + jnp.einsum("bhgqk,bhdk->bqhgd", jax.lax.dynamic_slice_in_dim(probs, index, 1, axis=-1), v_new))
     return out.reshape(b, q_len, heads, d)
   if implementation == "plain":
     q = q * jnp.asarray(scale, q.dtype)
@@ -638,6 +657,13 @@ def _masked_softmax(logits: Array, mask: Array | None, bias: Array | None, dropo
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
   return probs if dropout is None else dropout(probs)
+
+
+def _cache_layout(k: Array, v: Array) -> tuple[Array, Array]:
+  """`[batch, length, kv_heads, head_dim]` keys and values → the KV cache's layouts: keys `[batch, kv_heads,
+  length, head_dim]`, values `[batch, kv_heads, head_dim, length]`, the operands' orders in which XLA's CPU
+  compiler multiplies them without copying the cache (`attention`'s `heads_major_kv`)."""
+  return jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 2, 3, 1))
 
 
 class Attention(nn.Module):
@@ -680,8 +706,8 @@ class Attention(nn.Module):
       k, v = (constrain(t, BTHD if cfg.kv_heads == cfg.num_heads else BTKD) for t in (k, v))
       if cfg.qk_norm:  # Qwen3: each head's key normalised over its width.
         k = Norm("rmsnorm", cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, names=("kv",), name="key_norm")(k)
-      if self.decode and self.cross:  # The first step: kept for the rest, heads-major like the KV cache.
-        k, v = (jnp.swapaxes(t, 1, 2) for t in (k, v))
+      if self.decode and self.cross:  # The first step: kept for the rest, laid out like the KV cache.
+        k, v = _cache_layout(k, v)
         if not self.is_initializing():
           self.put_variable("cache", "cross_key", k)
           self.put_variable("cache", "cross_value", v)
@@ -690,16 +716,22 @@ class Attention(nn.Module):
     if cfg.positions == "rotary":  # (T5 has no rotary positions, so no cross-attention key is heads-major here.)
       q = rotary(q, positions, cfg)
       k = rotary(k, positions if kv_positions is None else kv_positions, cfg)
-    if self.decode and not self.cross:
-      k, v = self._update_cache(k, v, cache_index)  # The cache holds the kv_heads only.
-    # In decode mode keys and values are [batch, kv_heads, kv_len, head_dim] (the cache's layout).
     scale = 1.0 if t5 else cfg.kv_dim ** -0.5
     dropout = cfg.dropout_rate > 0 and not deterministic
     # `Segments` for a mask: the model chose the flash kernels (`attention_implementation`).
     impl = "flash" if isinstance(mask, Segments) else attention_implementation(cfg, dropout=dropout,
                                                                                 decode=self.decode)
+    new_kv = None
+    if self.decode and not self.cross:  # The cache holds the kv_heads only.
+      # A one-row decoding step reads the cache as it was before this step's write and takes the new
+      # position's key and value from `new_kv` (`attention`): the write then has no reader but the next
+      # step, and XLA makes it in place (with `decode.jit_loop`'s copy insertion by regions).
+      one_step = x.shape[:2] == (1, 1) and impl == "plain" and cfg.kv_cache_dtype != "int8"
+      k, v, new_kv = self._update_cache(k, v, cache_index, read_before_write=one_step)
+    # In decode mode keys are [batch, kv_heads, kv_len, head_dim] and values [batch, kv_heads, head_dim,
+    # kv_len] (the cache's layout, `_cache_layout`).
     if self.decode and impl != "plain":  # jax.nn's attention takes [batch, kv_len, heads, head_dim].
-      k, v = (jnp.swapaxes(t, 1, 2) for t in (k, v))
+      k, v = jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 3, 1, 2))
     if cfg.kv_heads != cfg.num_heads and impl == "flash":  # jax.nn's and the plain path take fewer heads.
       k, v = (jnp.repeat(t, cfg.num_heads // cfg.kv_heads, axis=2) for t in (k, v))  # Head i reads i // group.
     if impl == "flash":
@@ -707,37 +739,48 @@ class Attention(nn.Module):
     else:
       drop = (lambda p: nn.Dropout(cfg.dropout_rate)(p, deterministic=False)) if dropout else None
       out = attention(q, k, v, mask, bias, scale=scale, implementation=impl, dropout=drop,
-                      heads_major_kv=self.decode and impl == "plain")
+                      heads_major_kv=self.decode and impl == "plain", new_kv=new_kv)
     out = constrain(out, BTHD)
     out = dense((cfg.d_model,), ("heads", "kv"), ("embed",),
                 init_std=kernel_std(cfg, inner, residual=True), name="out")(out)
     return constrain(out, BTE)
 
-  def _update_cache(self, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
+  def _update_cache(self, k: Array, v: Array, index: Array, read_before_write: bool = False):
     """Writes this chunk's `[batch, n, kv_heads, head_dim]` keys/values at position `index` of the cache;
-    returns the whole cache, `[batch, kv_heads, length, head_dim]` (heads-major: see `attention`). With
-    `model.kv_cache_dtype="int8"` each position's head vector is stored as int8 with its float32 absmax scale
-    (`cached_key_scale`, ...) and read back dequantized in the compute dtype: a quarter of float32's bytes."""
-    k, v = (jnp.swapaxes(t, 1, 2) for t in (k, v))
+    returns (keys, values, None): the whole cache, keys `[batch, kv_heads, length, head_dim]` and values
+    `[batch, kv_heads, head_dim, length]` (`_cache_layout`; see `attention`) — with `read_before_write`, the
+    cache as it was before the write and, third, the `(key, value, index)` written (`attention`'s
+    `new_kv`). With `model.kv_cache_dtype="int8"` each position's head vector is stored as int8 with its
+    float32 absmax scale (`cached_key_scale`, ...) and read back dequantized in the compute dtype: a
+    quarter of float32's bytes."""
+    k, v = _cache_layout(k, v)
     if self.cfg.kv_cache_dtype == "int8":
-      return tuple(self._int8_slot(name, x, index) for name, x in (("key", k), ("value", v)))
+      return self._int8_slot("key", k, index, 3), self._int8_slot("value", v, index, 2), None
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
     if self.is_initializing():  # init(decode=True) only shapes the cache: its length is the input's.
-      return k, v
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, 0, index, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, 0, index, 0))
-    return ck.value, cv.value
+      return k, v, None
+    k, v = k.astype(ck.value.dtype), v.astype(cv.value.dtype)
+    old_k, old_v = ck.value, cv.value
+    ck.value = jax.lax.dynamic_update_slice(old_k, k, (0, 0, index, 0))
+    cv.value = jax.lax.dynamic_update_slice(old_v, v, (0, 0, 0, index))
+    if read_before_write:
+      return old_k, old_v, (k, v, index)
+    return ck.value, cv.value, None
 
-  def _int8_slot(self, name: str, x: Array, index: Array) -> Array:
+  def _int8_slot(self, name: str, x: Array, index: Array, feature_axis: int) -> Array:
+    """`x` (one of `_cache_layout`'s) written at `index` of its length axis, the other of axes 2 and 3, as
+    int8 with one scale per position (over `feature_axis`); the whole cache back, dequantized."""
     q = self.variable("cache", f"cached_{name}", jnp.zeros, x.shape, jnp.int8)
-    s = self.variable("cache", f"cached_{name}_scale", jnp.ones, x.shape[:-1] + (1,), jnp.float32)
+    scale_shape = tuple(1 if i == feature_axis else n for i, n in enumerate(x.shape))
+    s = self.variable("cache", f"cached_{name}_scale", jnp.ones, scale_shape, jnp.float32)
     if self.is_initializing():
       return x
     xf = x.astype(jnp.float32)
-    scale = jnp.maximum(jnp.max(jnp.abs(xf), axis=-1, keepdims=True), 1e-30) / 127.0
-    q.value = jax.lax.dynamic_update_slice(q.value, jnp.round(xf / scale).astype(jnp.int8), (0, 0, index, 0))
-    s.value = jax.lax.dynamic_update_slice(s.value, scale, (0, 0, index, 0))
+    scale = jnp.maximum(jnp.max(jnp.abs(xf), axis=feature_axis, keepdims=True), 1e-30) / 127.0
+    start = (0, 0, 0, index) if feature_axis == 2 else (0, 0, index, 0)
+    q.value = jax.lax.dynamic_update_slice(q.value, jnp.round(xf / scale).astype(jnp.int8), start)
+    s.value = jax.lax.dynamic_update_slice(s.value, scale, start)
     return (q.value.astype(jnp.float32) * s.value).astype(x.dtype)
 
 
