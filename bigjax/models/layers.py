@@ -611,15 +611,15 @@ def attention(q: Array, k: Array, v: Array, mask: Array | None, bias: Array | No
   heads) major, so from the `[batch, kv_len, heads, head_dim]` layout XLA's CPU compiler copied each
   layer's whole cache at every decoding step (a third of a batch-8 GPT-2 step). And a decoding step's
   products are matrix-vector products, whose matrix XLA's CPU compiler reads with the contracted axis
-  minor: from values `[kv_len, head_dim]` it transposed every layer's value cache at every step and, that
-  copy reading the cache's update, wrote the update twice, each time into a copy of the cache (four
-  copies and a transpose of each layer's values a step). From these layouts it reads both caches where
-  they lie. `new_kv` (with `heads_major_kv`): `(key, value, index)`, one position's key `[batch,
-  kv_heads, 1, head_dim]` and value `[batch, kv_heads, head_dim, 1]` that stand at `index` instead of what
-  `k` and `v` hold there: a one-row decoding step reads the cache as it was before its write. (With one
-  row XLA drops the size-1 row axis of the products' operands, fuses the cache's write into that reshape
-  — a second write — and gives each write a copy of the cache; with more rows the products read the
-  written cache in place.)"""
+  minor: from values `[kv_len, head_dim]` it transposed every layer's value cache at every step. From
+  these layouts it reads both caches where they lie.
+
+  `new_kv` (with `heads_major_kv`): `(key, value, index)`, one position's key `[batch, kv_heads, 1,
+  head_dim]` and value `[batch, kv_heads, head_dim, 1]` that stand at `index` instead of what `k` and `v`
+  hold there: a one-row decoding step reads the cache as it was before its write. With one row XLA drops
+  the size-1 row axis of the products' operands; reading the written cache, it fused the write into that
+  reshape — a second write — and gave each write a copy of the cache (four copies of each layer's keys a
+  step). With more rows the products read the written cache in place."""
   if implementation == "plain" and heads_major_kv:
     b, q_len, heads, d = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
